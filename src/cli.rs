@@ -1,0 +1,184 @@
+//! The `berth` command line: Kamal's commands and flags, parsed with clap. The only module that prints.
+//!
+//! Errors from lower layers arrive as typed errors; here they become a message on stderr and an exit code
+//! (1 for a failed command, 2 for bad usage, as clap does).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+
+use crate::config::{Config, LoadOptions, kamal_summary, resolved_view};
+use crate::environment::Environment;
+use crate::project;
+
+/// berth: deploy web apps to any Linux host with Docker, with zero downtime. Reads Kamal's config/deploy.yml.
+#[derive(Debug, Parser)]
+#[command(name = "berth", disable_version_flag = true, disable_help_flag = true, max_term_width = 110)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Kamal's global options, accepted by every command.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Path to the configuration file
+    #[arg(short = 'c', long = "config-file", global = true, default_value = "config/deploy.yml", value_name = "FILE")]
+    pub config_file: PathBuf,
+
+    /// Destination: also reads config/deploy.DESTINATION.yml and .kamal/secrets.DESTINATION
+    #[arg(short = 'd', long, global = true, value_name = "DESTINATION")]
+    pub destination: Option<String>,
+
+    /// Version to deploy (default: $VERSION, else the git commit of HEAD)
+    #[arg(long = "version", global = true, value_name = "VERSION")]
+    pub version: Option<String>,
+
+    /// Detailed logging
+    #[arg(short = 'v', long, global = true, conflicts_with = "quiet")]
+    pub verbose: bool,
+
+    /// Minimal logging
+    #[arg(short = 'q', long, global = true)]
+    pub quiet: bool,
+
+    /// Print help (kamal's `-h` selects hosts, so help is `--help` only)
+    #[arg(long, global = true, action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the resolved configuration (secrets are never printed)
+    Config(ConfigArgs),
+
+    /// Create config/deploy.yml, .kamal/secrets and sample hooks in the current directory
+    Init(InitArgs),
+
+    /// Show the documentation of the configuration, or of one section
+    Docs(DocsArgs),
+
+    /// Helpers for extracting secrets from password managers (used inside .kamal/secrets)
+    #[command(subcommand)]
+    Secrets(crate::secrets::cli::SecretsCommand),
+
+    /// Print a shell completion script
+    Completions(CompletionsArgs),
+
+    /// Show berth's own version
+    Version,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// Output format: berth's resolved view (yaml, json), or the summary `kamal config` prints (kamal)
+    #[arg(long, value_enum, default_value_t = ConfigFormat::Yaml)]
+    pub format: ConfigFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ConfigFormat {
+    Yaml,
+    Json,
+    Kamal,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Directory to initialise (default: the current directory)
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DocsArgs {
+    /// A section: configuration, servers, role, env, proxy, registry, builder, ssh, sshkit, accessory, boot, logging, alias
+    pub section: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to generate completions for
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// Runs the command line of this process and returns its exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env = Environment::from_process();
+    let mut stdout = std::io::stdout().lock();
+    match run(&cli, &env, &mut stdout) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let _ = stdout.flush();
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one parsed command, writing its output to `out`.
+pub fn run(cli: &Cli, env: &Environment, out: &mut dyn Write) -> anyhow::Result<()> {
+    let global = &cli.global;
+    match &cli.command {
+        Command::Config(args) => {
+            let config = load_config(global, env)?;
+            let text = match args.format {
+                ConfigFormat::Kamal => kamal_summary::render(&config),
+                ConfigFormat::Yaml => yaml_serde::to_string(&resolved_view::resolved(&config))?,
+                ConfigFormat::Json => serde_json::to_string_pretty(&resolved_view::resolved(&config))? + "\n",
+            };
+            out.write_all(text.as_bytes())?;
+        }
+        Command::Init(args) => {
+            let dir = env.cwd().join(&args.dir);
+            for line in project::init(&dir)? {
+                writeln!(out, "{line}")?;
+            }
+        }
+        Command::Docs(args) => out.write_all(project::docs(args.section.as_deref())?.as_bytes())?,
+        Command::Secrets(command) => {
+            let root = project_root(&global.config_file, env);
+            let secrets_path = secrets_path(global, env);
+            crate::secrets::cli::run(command, &root, &secrets_path, global.destination.as_deref(), env, out)?;
+        }
+        Command::Completions(args) => {
+            let mut command = Cli::command();
+            let mut buffer = Vec::new();
+            clap_complete::generate(args.shell, &mut command, "berth", &mut buffer);
+            out.write_all(&buffer)?;
+        }
+        Command::Version => writeln!(out, "berth {}", env!("CARGO_PKG_VERSION"))?,
+    }
+    Ok(())
+}
+
+fn load_config(global: &GlobalArgs, env: &Environment) -> Result<Config, crate::config::ConfigError> {
+    let options = LoadOptions {
+        config_file: env.cwd().join(&global.config_file),
+        destination: global.destination.clone(),
+        version: global.version.clone(),
+    };
+    Config::load(&options, env)
+}
+
+/// The project root for commands that don't need the whole configuration (the parent of `config/`).
+fn project_root(config_file: &std::path::Path, env: &Environment) -> PathBuf {
+    let file = env.cwd().join(config_file);
+    match file.parent() {
+        Some(dir) if dir.file_name().is_some_and(|n| n == "config") => dir.parent().unwrap_or(dir).to_path_buf(),
+        Some(dir) => dir.to_path_buf(),
+        None => env.cwd().to_path_buf(),
+    }
+}
+
+/// `secrets_path` from the configuration when it loads, else Kamal's default.
+fn secrets_path(global: &GlobalArgs, env: &Environment) -> String {
+    load_config(global, env).map(|c| c.secrets_path).unwrap_or_else(|_| ".kamal/secrets".to_string())
+}

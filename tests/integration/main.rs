@@ -1,0 +1,8 @@
+//! berth's one integration-test binary: each module is one area, tested from the outside.
+
+mod support;
+
+// The test bench: real hosts (sshd + dockerd per network namespace) and a real registry.
+mod bench;
+// `berth config` against every recorded run of the real `kamal config`.
+mod kamal_corpus;
