@@ -6,3 +6,5 @@ mod support;
 mod bench;
 // `berth config` against every recorded run of the real `kamal config`.
 mod kamal_corpus;
+// `berth config`, `init`, `docs`, `completions` and their errors.
+mod cli_config;
