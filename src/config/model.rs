@@ -303,14 +303,14 @@ pub fn resolve(
             problem("", format!("Missing required configuration for {key}"), Some(required_hint(key)));
         }
     }
-    if let Some(service) = &service {
-        if service.is_empty() || !service.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-            problem(
-                "service",
-                "Service name can only include alphanumeric characters, hyphens, and underscores".into(),
-                Some("it prefixes container names, e.g. `service: my-app`"),
-            );
-        }
+    if let Some(service) = &service
+        && (service.is_empty() || !service.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+    {
+        problem(
+            "service",
+            "Service name can only include alphanumeric characters, hyphens, and underscores".into(),
+            Some("it prefixes container names, e.g. `service: my-app`"),
+        );
     }
 
     let root_proxy = tree.get("proxy").and_then(Value::as_mapping).cloned();
@@ -390,14 +390,14 @@ pub fn resolve(
     }
 
     let minimum_version = str_at(&tree, "minimum_version");
-    if let Some(minimum) = &minimum_version {
-        if version_is_newer(minimum, KAMAL_COMPATIBLE_VERSION) {
-            problem(
-                "minimum_version",
-                format!("Current version is {KAMAL_COMPATIBLE_VERSION}, minimum required is {minimum}"),
-                Some("berth behaves as this Kamal version; lower `minimum_version` if the config works with it"),
-            );
-        }
+    if let Some(minimum) = &minimum_version
+        && version_is_newer(minimum, KAMAL_COMPATIBLE_VERSION)
+    {
+        problem(
+            "minimum_version",
+            format!("Current version is {KAMAL_COMPATIBLE_VERSION}, minimum required is {minimum}"),
+            Some("berth behaves as this Kamal version; lower `minimum_version` if the config works with it"),
+        );
     }
     let retain_containers = int_at(&tree, "retain_containers").unwrap_or(5);
     if retain_containers < 1 {
@@ -421,16 +421,15 @@ pub fn resolve(
     check_proxy_run_conflicts(&roles, &accessories, &mut problem);
 
     let builder = resolve_builder(tree.get("builder").and_then(Value::as_mapping).cloned().unwrap_or_default());
-    if registry.is_local() {
-        if let Some(remote) = &builder.remote {
-            if !remote.starts_with("ssh://") {
-                problem(
-                    "builder/remote",
-                    "Local registry with remote builder requires an ssh:// remote".into(),
-                    Some("use `remote: ssh://user@builder-host`"),
-                );
-            }
-        }
+    if registry.is_local()
+        && let Some(remote) = &builder.remote
+        && !remote.starts_with("ssh://")
+    {
+        problem(
+            "builder/remote",
+            "Local registry with remote builder requires an ssh:// remote".into(),
+            Some("use `remote: ssh://user@builder-host`"),
+        );
     }
 
     let aliases: IndexMap<String, String> = tree

@@ -368,11 +368,11 @@ impl Checker {
         let message = format!("unknown {noun}: {}", unknown.join(", "));
         let mut hints = Vec::new();
         for key in unknown {
-            if let Some((_, replacement)) = KAMAL_1_KEYS.iter().find(|(old, _)| old == key) {
-                if self.path.is_empty() {
-                    hints.push(format!("`{key}` is a Kamal 1 key; {replacement}"));
-                    continue;
-                }
+            if let Some((_, replacement)) = KAMAL_1_KEYS.iter().find(|(old, _)| old == key)
+                && self.path.is_empty()
+            {
+                hints.push(format!("`{key}` is a Kamal 1 key; {replacement}"));
+                continue;
             }
             if let Some(suggestion) = did_you_mean(key, &known) {
                 hints.push(format!("did you mean `{suggestion}` instead of `{key}`?"));
@@ -640,10 +640,10 @@ impl Checker {
 
     fn check_builder(&mut self, map: &Mapping) {
         self.check_keys(map, BUILDER, KeyContext::Nested);
-        if let Some(cache_type) = map.get("cache").and_then(|c| c.get("type")).and_then(Value::as_str) {
-            if !["gha", "registry"].contains(&cache_type) {
-                self.error_with_hint(format!("Invalid cache type: {cache_type}"), "use `gha` or `registry`");
-            }
+        if let Some(cache_type) = map.get("cache").and_then(|c| c.get("type")).and_then(Value::as_str)
+            && !["gha", "registry"].contains(&cache_type)
+        {
+            self.error_with_hint(format!("Invalid cache type: {cache_type}"), "use `gha` or `registry`");
         }
         if !map.get("arch").is_some_and(is_present) {
             self.error_with_hint(
