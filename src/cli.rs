@@ -12,6 +12,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use crate::config::{Config, LoadOptions, kamal_summary, resolved_view};
 use crate::environment::Environment;
 use crate::project;
+use crate::secrets::Secrets;
 
 /// berth: deploy web apps to any Linux host with Docker, with zero downtime. Reads Kamal's config/deploy.yml.
 #[derive(Debug, Parser)]
@@ -79,6 +80,10 @@ pub struct ConfigArgs {
     /// Output format: berth's resolved view (yaml, json), or the summary `kamal config` prints (kamal)
     #[arg(long, value_enum, default_value_t = ConfigFormat::Yaml)]
     pub format: ConfigFormat,
+
+    /// Also read .kamal/secrets* and fail if a secret the configuration names is missing (values stay hidden)
+    #[arg(long)]
+    pub check_secrets: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -129,6 +134,9 @@ pub fn run(cli: &Cli, env: &Environment, out: &mut dyn Write) -> anyhow::Result<
     match &cli.command {
         Command::Config(args) => {
             let config = load_config(global, env)?;
+            if args.check_secrets {
+                check_secrets(&config, env)?;
+            }
             let text = match args.format {
                 ConfigFormat::Kamal => kamal_summary::render(&config),
                 ConfigFormat::Yaml => yaml_serde::to_string(&resolved_view::resolved(&config))?,
@@ -155,6 +163,21 @@ pub fn run(cli: &Cli, env: &Environment, out: &mut dyn Write) -> anyhow::Result<
             out.write_all(&buffer)?;
         }
         Command::Version => writeln!(out, "berth {}", env!("CARGO_PKG_VERSION"))?,
+    }
+    Ok(())
+}
+
+/// Resolves every secret the configuration names, reporting all missing ones at once.
+fn check_secrets(config: &Config, env: &Environment) -> anyhow::Result<()> {
+    let secrets = Secrets::load(&config.root, &config.secrets_path, config.destination.as_deref(), env)?;
+    let mut missing = Vec::new();
+    for (path, name) in config.secret_references() {
+        if let Err(err) = secrets.get(&name) {
+            missing.push(format!("{path}: {err}"));
+        }
+    }
+    if !missing.is_empty() {
+        anyhow::bail!("{} missing secret(s):\n  - {}", missing.len(), missing.join("\n  - "));
     }
     Ok(())
 }

@@ -268,6 +268,49 @@ impl Config {
         }
     }
 
+    /// Every secret the configuration names, with the YAML path that names it: env secrets (root, roles,
+    /// tags, accessories), registry credentials, builder secrets, SSH key data and proxy certificates.
+    pub fn secret_references(&self) -> Vec<(String, String)> {
+        let mut refs = Vec::new();
+        let mut env_refs = |path: String, env: &Env| {
+            for secret in env.secrets.values() {
+                refs.push((format!("{path}/secret"), secret.clone()));
+            }
+            for (tag, tag_env) in &env.tags {
+                for secret in tag_env.secrets.values() {
+                    refs.push((format!("{path}/tags/{tag}/secret"), secret.clone()));
+                }
+            }
+        };
+        env_refs("env".into(), &self.env);
+        for role in &self.roles {
+            env_refs(format!("servers/{}/env", role.name), &role.env);
+        }
+        for accessory in &self.accessories {
+            env_refs(format!("accessories/{}/env", accessory.name), &accessory.env);
+        }
+        for (key, credential) in [("username", &self.registry.username), ("password", &self.registry.password)] {
+            if let Some(Credential::Secret(name)) = credential {
+                refs.push((format!("registry/{key}"), name.clone()));
+            }
+        }
+        refs.extend(self.builder.secrets.iter().map(|name| ("builder/secrets".to_string(), name.clone())));
+        let key_data = self.ssh.key_data.iter().flatten().filter(|k| !k.contains("-----BEGIN"));
+        refs.extend(key_data.map(|name| ("ssh/key_data".to_string(), name.clone())));
+        let proxies =
+            self.roles.iter().filter_map(|r| r.proxy.as_ref().map(|p| (format!("servers/{}/proxy", r.name), p)));
+        for (path, proxy) in proxies {
+            if let Some(Value::Mapping(ssl)) = proxy.get("ssl") {
+                for key in ["certificate_pem", "private_key_pem"] {
+                    if let Some(name) = ssl.get(key).filter(|v| !v.is_null()) {
+                        refs.push((format!("{path}/ssl/{key}"), scalar_text(name)));
+                    }
+                }
+            }
+        }
+        refs
+    }
+
     pub fn volume_args(&self) -> Vec<String> {
         self.volumes.iter().flat_map(|v| ["--volume".to_string(), v.clone()]).collect()
     }

@@ -175,3 +175,17 @@ fn completions_and_help_are_available_for_every_shell() {
     let help = project.berth(&["config", "--help"]);
     assert!(help.ok().contains("--format"), "{}", help.stdout);
 }
+
+#[test]
+fn a_missing_secret_names_the_secret_the_yaml_path_and_the_files_to_add_it_to() {
+    let project = project_with(VALID);
+    project.write(".kamal/secrets", "KAMAL_REGISTRY_PASSWORD=registry-secret-456\n");
+    let message = project.berth(&["config", "--check-secrets"]).err().to_string();
+    assert!(message.contains("env/secret: secret 'DB_PASSWORD' not found in .kamal/secrets"), "{message}");
+    assert!(message.contains("add `DB_PASSWORD=...`"), "{message}");
+    assert!(!message.contains("registry-secret-456"), "{message}");
+
+    project.write(".kamal/secrets", "KAMAL_REGISTRY_PASSWORD=registry-secret-456\nDB_PASSWORD=$(printf db-secret)\n");
+    let out = project.berth(&["config", "--check-secrets"]);
+    assert!(!out.ok().contains("db-secret"), "{}", out.stdout);
+}
