@@ -55,6 +55,7 @@ if [[ ! -e $policy ]]; then
     chmod 755 "$policy"
     own_policy=1
 fi
+# shellcheck disable=SC2317 # run by the trap
 cleanup() {
     if [[ $own_policy -eq 1 ]]; then
         rm -f "$policy"
