@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use indexmap::IndexMap;
 use yaml_serde::{Mapping, Value};
 
-use crate::config::schema::{Problem, is_local_registry, is_present, key_name};
+use crate::config::schema::{Problem, is_local_registry, is_present, scalar_text};
 use crate::config::source::{SourceFiles, deep_merge};
 use crate::config::{ConfigError, LoadOptions};
 use crate::environment::Environment;
@@ -375,7 +375,7 @@ pub fn resolve(
             let mut roles: Vec<Role> = servers
                 .iter()
                 .map(|(name, role)| {
-                    resolve_role(&key_name(name), role, &primary_role, root_proxy.as_ref(), &root_logging)
+                    resolve_role(&scalar_text(name), role, &primary_role, root_proxy.as_ref(), &root_logging)
                 })
                 .collect();
             roles.sort_by(|a, b| a.name.cmp(&b.name));
@@ -387,7 +387,7 @@ pub fn resolve(
     let accessories_tree = tree.get("accessories").and_then(Value::as_mapping).cloned().unwrap_or_default();
     let mut accessories = Vec::new();
     for (name, raw) in &accessories_tree {
-        let name = key_name(name);
+        let name = scalar_text(name);
         let raw = raw.as_mapping().cloned().unwrap_or_default();
         let (accessory, accessory_problems) = resolve_accessory(&name, &raw, service.as_deref().unwrap_or(""), &roles);
         for message in accessory_problems {
@@ -478,7 +478,7 @@ pub fn resolve(
     let aliases: IndexMap<String, String> = tree
         .get("aliases")
         .and_then(Value::as_mapping)
-        .map(|m| m.iter().map(|(k, v)| (key_name(k), scalar_text(v))).collect())
+        .map(|m| m.iter().map(|(k, v)| (scalar_text(k), scalar_text(v))).collect())
         .unwrap_or_default();
     for name in aliases.keys() {
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
@@ -655,7 +655,7 @@ fn resolve_hosts(value: &Value) -> Vec<Host> {
         .iter()
         .filter_map(|item| match item {
             Value::Mapping(map) => map.iter().next().map(|(host, tags)| Host {
-                name: key_name(host).trim().to_string(),
+                name: scalar_text(host).trim().to_string(),
                 tags: match tags {
                     Value::Sequence(tags) => tags.iter().map(scalar_text).collect(),
                     tag => vec![scalar_text(tag)],
@@ -681,7 +681,7 @@ fn resolve_env(value: Option<&Value>) -> Env {
         })
         .collect();
     let tags = match map.get("tags") {
-        Some(Value::Mapping(tags)) => tags.iter().map(|(k, v)| (key_name(k), resolve_env(Some(v)))).collect(),
+        Some(Value::Mapping(tags)) => tags.iter().map(|(k, v)| (scalar_text(k), resolve_env(Some(v)))).collect(),
         _ => IndexMap::new(),
     };
     Env { clear: string_map(map.get("clear")), secrets, tags }
@@ -889,20 +889,9 @@ fn int_at(map: &Mapping, key: &str) -> Option<i64> {
     map.get(key).and_then(Value::as_i64)
 }
 
-/// A scalar as the text Ruby would interpolate (`to_s`); other values as compact YAML.
-pub fn scalar_text(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        Value::Bool(b) => b.to_string(),
-        Value::Null => String::new(),
-        other => yaml_serde::to_string(other).unwrap_or_default().trim().to_string(),
-    }
-}
-
 fn string_map(value: Option<&Value>) -> IndexMap<String, String> {
     match value {
-        Some(Value::Mapping(map)) => map.iter().map(|(k, v)| (key_name(k), scalar_text(v))).collect(),
+        Some(Value::Mapping(map)) => map.iter().map(|(k, v)| (scalar_text(k), scalar_text(v))).collect(),
         _ => IndexMap::new(),
     }
 }

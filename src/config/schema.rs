@@ -349,7 +349,7 @@ impl Checker {
     fn check_keys(&mut self, map: &Mapping, schema: &'static [(&'static str, Shape)], context: KeyContext) {
         let mut unknown = Vec::new();
         for (key, value) in map {
-            let name = key_name(key);
+            let name = scalar_text(key);
             if context == KeyContext::TopLevel && name.starts_with("x-") {
                 continue;
             }
@@ -400,7 +400,7 @@ impl Checker {
             HashOfStr => match value {
                 Value::Mapping(map) => {
                     for (k, v) in map {
-                        self.at(key_name(k), |c| c.expect(is_stringish(v), &["a string"]));
+                        self.at(scalar_text(k), |c| c.expect(is_stringish(v), &["a string"]));
                     }
                 }
                 _ => self.type_error(&["a hash"]),
@@ -421,7 +421,7 @@ impl Checker {
             HooksOutput => match value {
                 Value::Mapping(map) => {
                     for (hook, level) in map {
-                        self.at(key_name(hook), |c| c.expect(is_stringish(level), &["a string"]));
+                        self.at(scalar_text(hook), |c| c.expect(is_stringish(level), &["a string"]));
                     }
                 }
                 v => self.expect(is_stringish(v), &["a string"]),
@@ -461,7 +461,7 @@ impl Checker {
                 ),
                 Value::Mapping(map) => {
                     let (name, tags) = map.iter().next().expect("one entry");
-                    c.at(key_name(name), |c| match tags {
+                    c.at(scalar_text(name), |c| match tags {
                         Value::Sequence(_) => c.check_list(tags, &Str, "tags"),
                         t => c.expect(is_stringish(t), &["a string", "an array"]),
                     });
@@ -509,7 +509,7 @@ impl Checker {
             Section::Builder => self.check_builder(mapping(value)),
             Section::Accessories => {
                 for (name, accessory) in mapping(value) {
-                    self.at(key_name(name), |c| c.check_accessory(accessory));
+                    self.at(scalar_text(name), |c| c.check_accessory(accessory));
                 }
             }
             Section::Proxy => self.check_proxy(mapping(value)),
@@ -518,7 +518,7 @@ impl Checker {
             Section::Output => self.check_keys(mapping(value), OUTPUT, KeyContext::Nested),
             Section::Aliases => {
                 for (name, command) in mapping(value) {
-                    self.at(key_name(name), |c| c.expect(is_stringish(command), &["a string"]));
+                    self.at(scalar_text(name), |c| c.expect(is_stringish(command), &["a string"]));
                 }
             }
         }
@@ -555,7 +555,7 @@ impl Checker {
             Value::Sequence(_) => self.check_hosts(value),
             Value::Mapping(roles) => {
                 for (name, role) in roles {
-                    self.at(key_name(name), |c| c.check_role(role));
+                    self.at(scalar_text(name), |c| c.check_role(role));
                 }
             }
             _ => self.type_error(&["an array", "a hash"]),
@@ -577,7 +577,7 @@ impl Checker {
     fn check_reserved_labels(&mut self, map: &Mapping) {
         let Some(Value::Mapping(labels)) = map.get("labels") else { return };
         for (key, _) in labels {
-            let name = key_name(key);
+            let name = scalar_text(key);
             if ["destination", "role", "service"].contains(&name.as_str()) {
                 self.at("labels", |c| {
                     c.at(name, |c| c.error("invalid label. destination, role, and service are reserved labels"))
@@ -600,14 +600,14 @@ impl Checker {
 
     fn check_env(&mut self, value: &Value, root: bool) {
         let map = mapping(value);
-        let complex = map.keys().any(|k| ENV_KEYS.contains(&key_name(k).as_str()));
+        let complex = map.keys().any(|k| ENV_KEYS.contains(&scalar_text(k).as_str()));
         if !complex {
             for (k, v) in map {
-                self.at(key_name(k), |c| c.expect(is_stringish(v), &["a string"]));
+                self.at(scalar_text(k), |c| c.expect(is_stringish(v), &["a string"]));
             }
             return;
         }
-        let unknown: Vec<String> = map.keys().map(key_name).filter(|k| !ENV_KEYS.contains(&k.as_str())).collect();
+        let unknown: Vec<String> = map.keys().map(scalar_text).filter(|k| !ENV_KEYS.contains(&k.as_str())).collect();
         if !unknown.is_empty() {
             self.unknown_keys(&unknown, ENV_KEYS.to_vec());
         }
@@ -627,7 +627,7 @@ impl Checker {
             self.at("tags", |c| match tags {
                 Value::Mapping(tags) => {
                     for (tag, tag_env) in tags {
-                        c.at(key_name(tag), |c| match tag_env {
+                        c.at(scalar_text(tag), |c| match tag_env {
                             Value::Mapping(_) => c.check_env(tag_env, false),
                             _ => c.type_error(&["a hash"]),
                         });
@@ -701,9 +701,10 @@ fn mapping(value: &Value) -> &Mapping {
     value.as_mapping().unwrap_or_else(|| EMPTY.get_or_init(Mapping::new))
 }
 
-/// A mapping key as text: YAML allows any scalar as a key, Kamal's paths print them as strings.
-pub fn key_name(key: &Value) -> String {
-    match key {
+/// A scalar as the text Ruby would interpolate (`to_s`), other values as compact YAML. Also how mapping keys
+/// print in paths: YAML allows any scalar as a key, Kamal prints them as strings.
+pub fn scalar_text(value: &Value) -> String {
+    match value {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
         Value::Bool(b) => b.to_string(),
