@@ -38,16 +38,20 @@ fn destination_file(config_file: &Path, destination: &str) -> PathBuf {
 }
 
 /// Reads, renders and merges the files into one YAML mapping.
+///
+/// ERB may change `ENV`; as in Kamal's single Ruby process, those changes are seen by the files after it.
 pub fn load_merged(files: &SourceFiles, env: &Environment) -> Result<Mapping, ConfigError> {
     let mut merged = Mapping::new();
+    let mut env = env.clone();
     for file in files.iter() {
-        let tree = load_file(file, env)?;
+        let (tree, env_after) = load_file(file, &env)?;
+        env = env_after;
         deep_merge(&mut merged, tree);
     }
     Ok(merged)
 }
 
-fn load_file(file: &Path, env: &Environment) -> Result<Mapping, ConfigError> {
+fn load_file(file: &Path, env: &Environment) -> Result<(Mapping, Environment), ConfigError> {
     let text = match std::fs::read_to_string(file) {
         Ok(text) => text,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
@@ -55,8 +59,8 @@ fn load_file(file: &Path, env: &Environment) -> Result<Mapping, ConfigError> {
         }
         Err(source) => return Err(ConfigError::Read { path: file.to_path_buf(), source }),
     };
-    let rendered = erb::render(&text, file, env)?;
-    parse_yaml(&rendered, file)
+    let rendered = erb::render_keeping_env(&text, file, env)?;
+    Ok((parse_yaml(&rendered.text, file)?, rendered.env))
 }
 
 /// Parses one rendered file. An empty file is an empty mapping; anything but a mapping at the top is an error.
