@@ -189,3 +189,29 @@ fn a_missing_secret_names_the_secret_the_yaml_path_and_the_files_to_add_it_to() 
     let out = project.berth(&["config", "--check-secrets"]);
     assert!(!out.ok().contains("db-secret"), "{}", out.stdout);
 }
+
+#[test]
+fn erb_is_evaluated_before_yaml_and_sees_the_destination() {
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/kamal-fixtures/deploy.erb.yml");
+    let project = project_with(&std::fs::read_to_string(fixture).unwrap());
+    let out = project.berth(&["config", "--format", "json"]);
+    let json: serde_json::Value = serde_json::from_str(out.ok()).unwrap();
+    // Kamal's own test expects exactly this of the fixture.
+    assert_eq!(json["registry"]["username"], "my-user");
+
+    let project = project_with(&VALID.replace("image: me/app", "image: me/app-<%= ENV[\"KAMAL_DESTINATION\"] %>"));
+    project.write("config/deploy.beta.yml", "");
+    let out = project.berth(&["config", "-d", "beta", "--format", "json"]);
+    let json: serde_json::Value = serde_json::from_str(out.ok()).unwrap();
+    assert_eq!(json["image"], "me/app-beta");
+}
+
+#[test]
+fn a_bad_erb_expression_names_the_file_line_and_fix() {
+    let project = project_with(&VALID.replace("image: me/app", "image: <%= ENV.fetch(\"APP_IMAGE\") %>"));
+    let message = project.berth(&["config"]).err().to_string();
+    assert!(message.contains("config/deploy.yml:2"), "{message}");
+    assert!(message.contains("APP_IMAGE"), "{message}");
+    assert!(message.contains("ENV.fetch(\"APP_IMAGE\", default)"), "{message}");
+}
