@@ -98,3 +98,17 @@ pub(crate) fn env_in(dir: &Path, vars: &[(&str, &str)]) -> Environment {
     env.set("PATH", dir.display().to_string());
     env
 }
+
+/// Runs `adapter`'s fetch with `fake` as its only vendor CLI, as `berth secrets fetch` would.
+pub(crate) fn fetch_with_fake(
+    adapter: crate::secrets::adapters::Adapter,
+    fake: FakeCli,
+    secrets: &[&str],
+    account: Option<&str>,
+    from: Option<&str>,
+) -> Result<crate::secrets::adapters::Results, crate::secrets::SecretsError> {
+    let dir = TempDir::new(&fake.program);
+    fake.install(dir.path());
+    let secrets: Vec<String> = secrets.iter().map(|s| s.to_string()).collect();
+    crate::secrets::adapters::fetch(adapter, &secrets, account, from, &env_in(dir.path(), &[]))
+}

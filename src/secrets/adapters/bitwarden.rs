@@ -107,9 +107,9 @@ fn login(cli: &VendorCli<'_>, account: &str) -> Result<Option<String>, SecretsEr
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Adapter, fetch as adapter_fetch};
+    use super::super::Adapter;
     use super::*;
-    use crate::secrets::test_support::{FakeCli, TempDir, env_in};
+    use crate::secrets::test_support::{FakeCli, fetch_with_fake};
 
     const UNLOCKED: &str = r#"{"serverUrl":null,"lastSync":"2024-09-04T10:11:12.433Z",
       "userEmail":"email@example.com","status":"unlocked"}"#;
@@ -123,10 +123,13 @@ mod tests {
     const MYNOTE: &str = r#"{"object":"item","type":2,"name":"noteitem","notes":"NOTES","secureNote":{"type":0}}"#;
 
     fn run(fake: FakeCli, secrets: &[&str], from: Option<&str>) -> Result<Results, SecretsError> {
-        let dir = TempDir::new("bw");
-        fake.keyed_by("${BW_SESSION:+BW_SESSION=$BW_SESSION }$*").install(dir.path());
-        let secrets: Vec<String> = secrets.iter().map(|s| s.to_string()).collect();
-        adapter_fetch(Adapter::Bitwarden, &secrets, Some("email@example.com"), from, &env_in(dir.path(), &[]))
+        fetch_with_fake(
+            Adapter::Bitwarden,
+            fake.keyed_by("${BW_SESSION:+BW_SESSION=$BW_SESSION }$*"),
+            secrets,
+            Some("email@example.com"),
+            from,
+        )
     }
 
     fn unlocked() -> FakeCli {

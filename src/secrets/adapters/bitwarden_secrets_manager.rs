@@ -70,18 +70,15 @@ fn add(
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Adapter, fetch as adapter_fetch};
+    use super::super::Adapter;
     use super::*;
-    use crate::secrets::test_support::{FakeCli, TempDir, env_in};
+    use crate::secrets::test_support::{FakeCli, fetch_with_fake};
 
     const LIST: &str = r#"[{"key":"KAMAL_REGISTRY_PASSWORD","value":"some_password"},
       {"key":"MY_OTHER_SECRET","value":"my=wierd\"secret"}]"#;
 
     fn run(fake: FakeCli, secrets: &[&str], from: Option<&str>) -> Result<Results, SecretsError> {
-        let dir = TempDir::new("bws");
-        fake.install(dir.path());
-        let secrets: Vec<String> = secrets.iter().map(|s| s.to_string()).collect();
-        adapter_fetch(Adapter::BitwardenSecretsManager, &secrets, None, from, &env_in(dir.path(), &[]))
+        fetch_with_fake(Adapter::BitwardenSecretsManager, fake, secrets, None, from)
     }
 
     fn logged_in() -> FakeCli {

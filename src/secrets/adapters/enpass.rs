@@ -48,9 +48,9 @@ pub(super) fn fetch(cli: &VendorCli<'_>, secrets: &[String], from: Option<&str>)
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Adapter, fetch as adapter_fetch};
+    use super::super::Adapter;
     use super::*;
-    use crate::secrets::test_support::{FakeCli, TempDir, env_in};
+    use crate::secrets::test_support::{FakeCli, fetch_with_fake};
 
     const ITEMS: &str = r#"[
       {"category":"computer","label":"SECRET_1","login":"","password":"my-password-1","title":"FooBar",
@@ -61,10 +61,7 @@ mod tests {
     ]"#;
 
     fn run(fake: FakeCli, secrets: &[&str], from: Option<&str>) -> Result<Results, SecretsError> {
-        let dir = TempDir::new("enpass");
-        fake.install(dir.path());
-        let secrets: Vec<String> = secrets.iter().map(|s| s.to_string()).collect();
-        adapter_fetch(Adapter::Enpass, &secrets, None, from, &env_in(dir.path(), &[]))
+        fetch_with_fake(Adapter::Enpass, fake, secrets, None, from)
     }
 
     #[test]

@@ -75,9 +75,9 @@ fn logged_in(cli: &VendorCli<'_>) -> Result<bool, SecretsError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Adapter, fetch as adapter_fetch};
+    use super::super::Adapter;
     use super::*;
-    use crate::secrets::test_support::{FakeCli, TempDir, env_in};
+    use crate::secrets::test_support::{FakeCli, fetch_with_fake};
 
     const ACCOUNTS: &str = r#"[{"account":"me@example.com","status":"ACTIVE"}]"#;
 
@@ -91,10 +91,7 @@ mod tests {
     }
 
     fn run(fake: FakeCli, secrets: &[&str], account: &str, from: Option<&str>) -> Result<Results, SecretsError> {
-        let dir = TempDir::new("gcloud");
-        fake.install(dir.path());
-        let secrets: Vec<String> = secrets.iter().map(|s| s.to_string()).collect();
-        adapter_fetch(Adapter::GcpSecretManager, &secrets, Some(account), from, &env_in(dir.path(), &[]))
+        fetch_with_fake(Adapter::GcpSecretManager, fake, secrets, Some(account), from)
     }
 
     #[test]

@@ -42,19 +42,16 @@ pub(super) fn fetch(
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Adapter, fetch as adapter_fetch};
+    use super::super::Adapter;
     use super::*;
-    use crate::secrets::test_support::{FakeCli, TempDir, env_in};
+    use crate::secrets::test_support::{FakeCli, fetch_with_fake};
 
     const ENTRIES: &str = r#"[
       {"id":"1","name":"SECRET1","fullname":"Folder/SECRET1","username":"","password":"secret1"},
       {"id":"2","name":"FSECRET1","fullname":"Folder/FSECRET1","password":"fsecret1"}]"#;
 
     fn run(fake: FakeCli, secrets: &[&str], from: Option<&str>) -> Result<Results, SecretsError> {
-        let dir = TempDir::new("lpass");
-        fake.install(dir.path());
-        let secrets: Vec<String> = secrets.iter().map(|s| s.to_string()).collect();
-        adapter_fetch(Adapter::LastPass, &secrets, Some("email@example.com"), from, &env_in(dir.path(), &[]))
+        fetch_with_fake(Adapter::LastPass, fake, secrets, Some("email@example.com"), from)
     }
 
     #[test]

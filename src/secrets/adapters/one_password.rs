@@ -147,9 +147,9 @@ fn add_fields(
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Adapter, fetch};
+    use super::super::Adapter;
     use super::*;
-    use crate::secrets::test_support::{FakeCli, TempDir, env_in};
+    use crate::secrets::test_support::{FakeCli, fetch_with_fake};
 
     const ITEM_GET: &str = "item get myitem --vault myvault --format json --account myaccount";
 
@@ -161,10 +161,7 @@ mod tests {
     }
 
     fn run(fake: FakeCli, secrets: &[&str], from: Option<&str>) -> Result<Results, SecretsError> {
-        let dir = TempDir::new("op");
-        fake.install(dir.path());
-        let secrets: Vec<String> = secrets.iter().map(|s| s.to_string()).collect();
-        fetch(Adapter::OnePassword, &secrets, Some("myaccount"), from, &env_in(dir.path(), &[]))
+        fetch_with_fake(Adapter::OnePassword, fake, secrets, Some("myaccount"), from)
     }
 
     #[test]

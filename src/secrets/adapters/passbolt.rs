@@ -174,15 +174,12 @@ fn folder_path_of(folder: &Folder, all: &[Folder]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Adapter, fetch as adapter_fetch};
+    use super::super::Adapter;
     use super::*;
-    use crate::secrets::test_support::{FakeCli, TempDir, env_in};
+    use crate::secrets::test_support::{FakeCli, fetch_with_fake};
 
     fn run(fake: FakeCli, secrets: &[&str], from: Option<&str>) -> Result<Results, SecretsError> {
-        let dir = TempDir::new("passbolt");
-        fake.install(dir.path());
-        let secrets: Vec<String> = secrets.iter().map(|s| s.to_string()).collect();
-        adapter_fetch(Adapter::Passbolt, &secrets, None, from, &env_in(dir.path(), &[]))
+        fetch_with_fake(Adapter::Passbolt, fake, secrets, None, from)
     }
 
     #[test]
