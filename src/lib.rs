@@ -5,10 +5,18 @@
 //! - [`config`]: `config/deploy.yml` loaded exactly as Kamal loads it (ERB, YAML, destinations, validation).
 //! - [`secrets`]: `.kamal/secrets*` files and the vault adapters behind `berth secrets`.
 //! - [`project`]: `berth init` (a new project's files) and `berth docs` (the configuration reference).
+//! - [`command`]: `Cmd`, a shell command for a host; the only place that quotes shell words.
+//! - [`commands`]: pure builders of every command berth runs on hosts (Kamal's names, labels and paths).
+//! - [`ssh`]: the SSH executor (one multiplexed connection per host, host keys verified).
+//! - [`proxy`]: the reverse proxy that runs on each host (`berth proxy run`) and its control commands.
 //! - [`cli`]: the command line; the only module that prints.
 
 pub mod cli;
+pub mod command;
+pub mod commands;
 pub mod config;
 pub mod environment;
 pub mod project;
+pub mod proxy;
 pub mod secrets;
+pub mod ssh;
