@@ -9,12 +9,14 @@
 //! - [`commands`]: pure builders of every command berth runs on hosts (Kamal's names, labels and paths).
 //! - [`ssh`]: the SSH executor (one multiplexed connection per host, host keys verified).
 //! - [`proxy`]: the reverse proxy that runs on each host (`berth proxy run`) and its control commands.
+//! - [`engine`]: runs Kamal's commands against hosts: deploy flow, lock, hooks, host selection, events.
 //! - [`cli`]: the command line; the only module that prints.
 
 pub mod cli;
 pub mod command;
 pub mod commands;
 pub mod config;
+pub mod engine;
 pub mod environment;
 pub mod project;
 pub mod proxy;
