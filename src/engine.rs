@@ -5,4 +5,5 @@
 
 pub mod hooks;
 pub mod output;
+pub mod proxy_image;
 pub mod selection;
