@@ -11,6 +11,7 @@
 #                                tag it REGISTRY/berth-test-app:VERSION, push it, remove it from that host;
 #                                prints the ref.
 #                                BINARY: the static test-app binary (built with cargo when not given)
+#                                BENCH_APP_BUILD_ARGS="SERVICE=app UP_FAIL_HOST=10.213.1.12": more --build-args
 #   bench.sh build-app           build the static test-app binary; prints its path
 #   bench.sh down-all            down every bench this machine has (state dirs and orphaned namespaces)
 #   bench.sh reap                down every bench whose owner process is gone (see BENCH_ATTACH)
@@ -722,7 +723,9 @@ cmd_push_app() {
     ctx=$(mktemp -d "$state/build.XXXXXX")
     cp "$SCRIPT_DIR/../app/Dockerfile" "$ctx/Dockerfile"
     cp "$binary" "$ctx/berth-test-app"
-    if ! out=$(docker build -q --build-arg "APP_VERSION=$version" -t "$image" "$ctx" 2>&1); then
+    local build_args=(--build-arg "APP_VERSION=$version") arg
+    for arg in ${BENCH_APP_BUILD_ARGS:-}; do build_args+=(--build-arg "$arg"); done
+    if ! out=$(docker build -q "${build_args[@]}" -t "$image" "$ctx" 2>&1); then
         rm -rf "$ctx"
         die "docker build of $image failed: $out"
     fi

@@ -8,6 +8,7 @@
 //! | `PORT` | `80` | TCP port to listen on (all IPv4 addresses) |
 //! | `APP_VERSION` | `dev` | the version `/` and `/version` report (the image bakes it in) |
 //! | `UP_FAIL` | unset | `1`/`true`: `/up` answers 500 from the start |
+//! | `UP_FAIL_HOST` | unset | `/up` answers 500 from the start when it equals `KAMAL_HOST` (fail on one host only) |
 //! | `BOOT_DELAY_MS` | `0` | wait this long before listening (a slow boot) |
 //! | `SLOW_MS` | `1000` | how long `/slow` sleeps when the request gives no `ms` |
 //! | `SHUTDOWN_TIMEOUT_MS` | `30000` | after SIGTERM, the longest wait for in-flight requests |
@@ -58,6 +59,12 @@ static LISTENER_FD: AtomicI32 = AtomicI32::new(-1);
 
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_string())
+}
+
+/// `UP_FAIL_HOST` names the one host (as Kamal's `KAMAL_HOST` gives it) where this version is broken.
+fn fails_on_this_host() -> bool {
+    let broken = env_or("UP_FAIL_HOST", "");
+    !broken.is_empty() && env_or("KAMAL_HOST", "") == broken
 }
 
 fn env_flag(name: &str) -> bool {
@@ -118,7 +125,7 @@ fn main() {
         hostname: hostname(),
         log_requests: env_flag("LOG_REQUESTS"),
         slow_ms_default: env_ms("SLOW_MS", 1000),
-        failing: AtomicBool::new(env_flag("UP_FAIL")),
+        failing: AtomicBool::new(env_flag("UP_FAIL") || fails_on_this_host()),
         shutting_down: AtomicBool::new(false),
         in_flight: Mutex::new(Some(0)),
         drained: Condvar::new(),

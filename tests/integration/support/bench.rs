@@ -375,11 +375,19 @@ impl Bench {
     /// Builds the test app image for `version` (it answers `version=VERSION ...` on `/`), pushes it to the
     /// bench's registry and returns its reference, `REGISTRY/berth-test-app:VERSION`. No host keeps a copy.
     pub fn push_test_app(&self, version: &str) -> String {
+        self.push_test_app_with(version, &[])
+    }
+
+    /// [`Bench::push_test_app`] with Dockerfile build args, e.g. `("SERVICE", "app")` for the `service` label
+    /// Kamal checks, or `("UP_FAIL_HOST", ip)` for a version whose `/up` fails on that one host.
+    pub fn push_test_app_with(&self, version: &str, build_args: &[(&str, &str)]) -> String {
         let binary = test_app_binary();
+        let build_args: Vec<String> = build_args.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let out = Command::new("bash")
             .arg(bench_script())
             .args(["push-app", &self.name, version])
             .arg(binary)
+            .env("BENCH_APP_BUILD_ARGS", build_args.join(" "))
             .stdin(Stdio::null())
             .output()
             .expect("running bench.sh push-app");
