@@ -5,8 +5,10 @@
 //! command happened to echo never leaves the process.
 
 use std::io::Write;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+use crate::secrets::Secrets;
 
 /// One thing that happened while running a command.
 #[derive(Clone, Debug, PartialEq)]
@@ -21,6 +23,8 @@ pub enum Event {
     Command { host: Option<String>, text: String },
     /// A line a command printed (shown with -v, or always when `always`).
     Line { host: Option<String>, stderr: bool, text: String, always: bool },
+    /// What the user asked to see (versions, details, logs, exec output): printed as is, even with -q.
+    Output(String),
     /// Something the user should read.
     Info(String),
     Warning(String),
@@ -39,21 +43,36 @@ pub enum Verbosity {
     Verbose,
 }
 
+/// Removes secret values from text. Shared by the engine (which fills it once it has read the secrets) and the
+/// sinks (which redact every text before it leaves the process).
+#[derive(Clone, Default)]
+pub struct Redactor(Arc<OnceLock<Arc<Secrets>>>);
+
+impl Redactor {
+    /// From now on, redact these secrets' values.
+    pub fn set(&self, secrets: Arc<Secrets>) {
+        let _ = self.0.set(secrets);
+    }
+
+    pub fn redact(&self, text: &str) -> String {
+        match self.0.get() {
+            Some(secrets) => secrets.redact(text),
+            None => text.to_string(),
+        }
+    }
+}
+
 /// Prints events for a person at a terminal: `  [host] step (0.42s)`.
 pub struct ConsoleSink {
     verbosity: Verbosity,
-    redact: Box<dyn Fn(&str) -> String + Send + Sync>,
+    redact: Redactor,
     out: Mutex<Box<dyn Write + Send>>,
     started: Instant,
 }
 
 impl ConsoleSink {
-    pub fn new(
-        verbosity: Verbosity,
-        redact: impl Fn(&str) -> String + Send + Sync + 'static,
-        out: Box<dyn Write + Send>,
-    ) -> ConsoleSink {
-        ConsoleSink { verbosity, redact: Box::new(redact), out: Mutex::new(out), started: Instant::now() }
+    pub fn new(verbosity: Verbosity, redact: Redactor, out: Box<dyn Write + Send>) -> ConsoleSink {
+        ConsoleSink { verbosity, redact, out: Mutex::new(out), started: Instant::now() }
     }
 
     /// Renders an event as the console shows it, or None when this verbosity hides it.
@@ -81,11 +100,12 @@ impl ConsoleSink {
                 let stream = if *stderr { "! " } else { "" };
                 format!("  {}{stream}{text}", prefix(host))
             }
+            Event::Output(text) => text.clone(),
             Event::Info(text) if !quiet => text.clone(),
             Event::Warning(text) => format!("warning: {text}"),
             _ => return None,
         };
-        Some((self.redact)(&text))
+        Some(self.redact.redact(&text))
     }
 
     /// Kamal's closing line: `Finished all in 3.2 seconds`.
@@ -142,7 +162,9 @@ mod tests {
     use super::*;
 
     fn console(verbosity: Verbosity) -> ConsoleSink {
-        ConsoleSink::new(verbosity, |text| text.replace("hunter2", "[REDACTED]"), Box::new(std::io::sink()))
+        let redactor = Redactor::default();
+        redactor.set(Arc::new(Secrets::from_pairs([("TOKEN", "hunter2")])));
+        ConsoleSink::new(verbosity, redactor, Box::new(std::io::sink()))
     }
 
     fn step(ok: bool) -> Event {

@@ -60,14 +60,14 @@ impl ProxyImage {
         Cmd::new("docker").args(["image", "inspect", "--format", "{{.Id}}"]).arg(&self.image)
     }
 
-    /// `docker import` of the tarball on stdin, with the image config kamal-proxy's own image has.
+    /// `docker import` of the tarball on stdin, with the image config kamal-proxy's own image has (no entrypoint;
+    /// `kamal-proxy run` found on PATH), so Kamal's `docker run … IMAGE kamal-proxy run` works with it too.
     pub fn import_cmd(&self) -> Cmd {
         Cmd::new("docker")
             .arg("import")
             .args(["--change", "ENV PATH=/usr/local/bin:/usr/bin:/bin"])
             .args(["--change", "ENV HOME=/home/kamal-proxy"])
-            .args(["--change", &format!("ENTRYPOINT [\"{BINARY_PATH}\"]")])
-            .args(["--change", "CMD [\"run\"]"])
+            .args(["--change", "CMD [\"kamal-proxy\", \"run\"]"])
             .args(["--change", "EXPOSE 80 443"])
             .args(["--change", "LABEL org.opencontainers.image.title=kamal-proxy"])
             .arg("-")

@@ -1,4 +1,5 @@
-//! What the integration tests share: the test bench and ways of running the `berth` binary.
+//! What the integration tests share: the test bench, ways of running the `berth` binary, an HTTP client.
 
 pub mod bench;
 pub mod berth;
+pub mod http;

@@ -1,0 +1,341 @@
+//! Booting an app version on the selected hosts with a fleet-wide, health-gated cutover.
+//!
+//! Kamal switches each host as soon as its new container is healthy and stops the old one right away, so a
+//! failure on a later host leaves a fleet of mixed versions. berth boots every (host, role) first — the proxy
+//! switches a host only once the new container passes its health check — and stops old containers only after
+//! **all** hosts passed. If any host fails (or the user cancels), every host that already switched is switched
+//! back to the container it ran before, which is still running, and the new containers are stopped.
+
+use std::time::{Duration, Instant};
+
+use super::remote::on_hosts;
+use super::{Engine, EngineError};
+use crate::command::Cmd;
+use crate::commands::proxy::TlsOwner;
+use crate::commands::{self, app, names};
+use crate::config::Role;
+
+/// A new container booted on one host for one role, and what it replaced.
+#[derive(Clone, Debug)]
+pub struct Booted {
+    pub host: String,
+    pub role: String,
+    pub proxied: bool,
+    /// Short id of the new container (the proxy's target).
+    pub container_id: String,
+    /// The version running before (None on a first deploy).
+    pub previous_version: Option<String>,
+    /// Short id of the previous container, if it was running.
+    pub previous_id: Option<String>,
+    /// Whether the proxy on that host now routes to the new container.
+    pub switched: bool,
+}
+
+impl Engine {
+    /// `app boot`: boots `version` on every selected app host, all-or-nothing (see the module doc).
+    pub async fn boot_app(&self, version: &str) -> Result<(), EngineError> {
+        let config = self.config.clone();
+        let hosts = self.selection.app_hosts(&config);
+        let secrets = self.secrets().await?;
+
+        // Env files first, everywhere, so no container starts before every host has its secrets.
+        self.stage("Write env files", hosts.len(), async {
+            on_hosts(&hosts, |host| {
+                let secrets = secrets.clone();
+                async move {
+                    let started = Instant::now();
+                    self.remote().run(&host, &app::make_env_directory(&self.config)).await?;
+                    for role in self.selection.roles_on(&self.config, &host) {
+                        let lookup = commands::env_file::lookup_in(&secrets);
+                        let text = commands::env_file::role_env_file(&self.config, role, &host, lookup)
+                            .map_err(|missing| EngineError::Refused(missing.to_string()))?;
+                        let path = names::role_env_file(&self.config, &role.name);
+                        self.remote().write_file(&host, &path, text.as_bytes(), 0o600).await?;
+                    }
+                    self.remote().report(&host, "Wrote env files", started, true);
+                    Ok(())
+                }
+            })
+            .await
+        })
+        .await?;
+
+        let mut booted: Vec<Booted> = Vec::new();
+        let groups = boot_groups(&config, &hosts);
+        let group_count = groups.len();
+        for (index, group) in groups.into_iter().enumerate() {
+            let result = self.boot_group(&group, version, &mut booted).await;
+            if let Err(err) = result {
+                self.roll_back(&booted).await;
+                return Err(err);
+            }
+            if index + 1 < group_count
+                && let Some(wait) = config.boot.wait.filter(|seconds| *seconds > 0)
+            {
+                self.info(format!("Waiting {wait}s before booting the next group (boot.wait)"));
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+            }
+        }
+
+        // Every host passed: now the old containers can go.
+        self.stage("Stop old containers", hosts.len(), async {
+            on_hosts(&hosts, |host| {
+                let booted = &booted;
+                async move {
+                    for boot in booted.iter().filter(|boot| boot.host == host) {
+                        let role = self.config.role(&boot.role).expect("booted roles exist");
+                        self.stop_other_versions(&host, role, version).await?;
+                    }
+                    self.remote().run(&host, &app::tag_latest_image(&self.config, version)).await?;
+                    Ok(())
+                }
+            })
+            .await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// One boot group: hook, every host in parallel (roles on a host in order, primary first), hook.
+    async fn boot_group(&self, group: &[String], version: &str, booted: &mut Vec<Booted>) -> Result<(), EngineError> {
+        self.cancel().check()?;
+        let hosts_var = group.join(",");
+        self.run_hook("pre-app-boot", &[("KAMAL_HOSTS", hosts_var.clone())]).await?;
+        let results = self
+            .stage(&format!("Boot {version}"), group.len(), async {
+                Ok(futures_util::future::join_all(group.iter().map(|host| self.boot_host(host, version))).await)
+            })
+            .await?;
+        let mut failures = Vec::new();
+        for (host, (host_booted, result)) in group.iter().zip(results) {
+            booted.extend(host_booted);
+            if let Err(err) = result {
+                failures.push((host.clone(), err));
+            }
+        }
+        match failures.len() {
+            0 => {}
+            1 => return Err(failures.pop().expect("one").1),
+            _ => return Err(EngineError::OnHosts(failures)),
+        }
+        self.cancel().check()?;
+        self.run_hook("post-app-boot", &[("KAMAL_HOSTS", hosts_var)]).await?;
+        Ok(())
+    }
+
+    /// Boots the selected roles on one host, primary role first; stops at the first failure.
+    async fn boot_host(&self, host: &str, version: &str) -> (Vec<Booted>, Result<(), EngineError>) {
+        let mut booted = Vec::new();
+        for role in self.selection.roles_on(&self.config, host) {
+            if let Err(err) = self.cancel().check() {
+                return (booted, Err(err));
+            }
+            match self.boot_role(host, role, version).await {
+                Ok(boot) => booted.push(boot),
+                Err((boot, err)) => {
+                    booted.extend(boot);
+                    return (booted, Err(err));
+                }
+            }
+        }
+        (booted, Ok(()))
+    }
+
+    /// Starts `version` of `role` on `host` and waits until it is ready (the proxy switched to it, or the
+    /// container is healthy). On failure the new container is stopped and its last log lines are reported.
+    async fn boot_role(&self, host: &str, role: &Role, version: &str) -> Result<Booted, (Option<Booted>, EngineError)> {
+        let config = &self.config;
+        let remote = self.remote();
+        let name = names::container_name(config, &role.name, version);
+        let started = Instant::now();
+
+        let previous_version = remote
+            .run(host, &app::current_running_version(config, role))
+            .await
+            .map_err(|err| (None, err))?
+            .stdout
+            .lines()
+            .next()
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string);
+        let previous_id = match &previous_version {
+            Some(previous) => remote
+                .run(host, &app::container_id_for_version(config, role, previous, true))
+                .await
+                .map_err(|err| (None, err))?
+                .stdout
+                .lines()
+                .next()
+                .map(short_id),
+            None => None,
+        };
+
+        // Same version already there (redeploy, rollback): move it out of the way, as Kamal does.
+        let clash = remote.run(host, &app::container_id_for_version(config, role, version, false)).await.map_err(|err| (None, err))?;
+        if !clash.stdout.trim().is_empty() {
+            let renamed = names::replaced_container_name(config, &role.name, version, &random_hex(8));
+            remote.run(host, &app::rename_container(config, role, version, &renamed)).await.map_err(|err| (None, err))?;
+        }
+
+        let run = app::run(config, role, host, version, &random_hex(6));
+        let message = format!("Booted app version {version}");
+        let audit = commands::auditor::record(config, &super::now_iso8601(), &self.performer, &[&role.name], &message);
+        let output = remote.run(host, &audit.and(run)).await.map_err(|err| (None, err))?;
+        let container_id = output.stdout.lines().last().map(short_id).unwrap_or_default();
+        let mut boot = Booted {
+            host: host.to_string(),
+            role: role.name.clone(),
+            proxied: role.runs_proxy(),
+            container_id: container_id.clone(),
+            previous_version,
+            previous_id,
+            switched: false,
+        };
+        remote.report(host, &format!("Started {name}"), started, true);
+
+        let ready = if boot.proxied {
+            let started = Instant::now();
+            let result = remote.run(host, &self.proxy_deploy(role, &container_id, version)).await;
+            remote.report(host, &format!("Switched the proxy to {name} (health-checked)"), started, result.is_ok());
+            result.map(|_| ())
+        } else {
+            self.wait_until_ready(host, role, version).await
+        };
+        match ready {
+            Ok(()) => {
+                boot.switched = boot.proxied;
+                Ok(boot)
+            }
+            Err(err) => {
+                let logs = remote.run_unchecked(host, &app::container_logs_tail(config, role, version, 20)).await;
+                let _ = remote.run_unchecked(host, &app::stop(config, role, Some(version))).await;
+                let logs = logs.map(|out| out.stdout).unwrap_or_default();
+                let message = format!(
+                    "{name} on {host} did not become healthy: {err}\nIts last log lines:\n{}",
+                    logs.lines().map(|line| format!("    {line}")).collect::<Vec<_>>().join("\n")
+                );
+                Err((None, EngineError::Unhealthy(message)))
+            }
+        }
+    }
+
+    /// Kamal's poller for roles without the proxy: the container's health if it has a HEALTHCHECK, else it must
+    /// still be running `readiness_delay` seconds after it started; gives up after `deploy_timeout`.
+    async fn wait_until_ready(&self, host: &str, role: &Role, version: &str) -> Result<(), EngineError> {
+        let config = &self.config;
+        let deadline = Instant::now() + Duration::from_secs(config.deploy_timeout);
+        let readiness = Duration::from_secs(config.readiness_delay);
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let status = self.remote().run(host, &app::status(config, role, version)).await?.stdout.trim().to_string();
+            match status.as_str() {
+                "healthy" => return Ok(()),
+                "running" if started.elapsed() >= readiness => return Ok(()),
+                "unhealthy" | "exited" | "dead" => {
+                    return Err(EngineError::Unhealthy(format!("container is {status}")));
+                }
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(EngineError::Unhealthy(format!(
+                    "still `{status}` after deploy_timeout ({}s)",
+                    config.deploy_timeout
+                )));
+            }
+            let wait = if status == "running" { readiness.saturating_sub(started.elapsed()).min(pause) } else { pause };
+            tokio::time::sleep(wait.max(Duration::from_millis(20))).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// Undoes a failed boot everywhere: hosts whose proxy switched go back to their previous container (still
+    /// running, so it passes its health check at once), then every new container is stopped.
+    pub(crate) async fn roll_back(&self, booted: &[Booted]) {
+        if booted.is_empty() {
+            return;
+        }
+        let hosts: Vec<String> = {
+            let mut hosts: Vec<String> = booted.iter().map(|boot| boot.host.clone()).collect();
+            hosts.dedup();
+            hosts
+        };
+        let result = self
+            .stage("Roll back", hosts.len(), async {
+                on_hosts(&hosts, |host| async move {
+                    for boot in booted.iter().filter(|boot| boot.host == host).rev() {
+                        let role = self.config.role(&boot.role).expect("booted roles exist");
+                        let started = Instant::now();
+                        if boot.switched {
+                            match &boot.previous_id {
+                                Some(previous_id) => {
+                                    let previous = boot.previous_version.as_deref().unwrap_or(&self.config.version);
+                                    self.remote().run(&host, &self.proxy_deploy(role, previous_id, previous)).await?;
+                                    self.remote().report(&host, &format!("Switched the proxy back to {}", boot.previous_version.as_deref().unwrap_or("?")), started, true);
+                                }
+                                None => {
+                                    self.info(format!("{host}: no previous version of {} to switch back to; the new one keeps running", role.name));
+                                    continue;
+                                }
+                            }
+                        }
+                        let stop = Cmd::new("docker").arg("stop").arg(&boot.container_id);
+                        self.remote().run_unchecked(&host, &stop).await?;
+                        self.remote().report(&host, &format!("Stopped the new {} container", role.name), started, true);
+                    }
+                    Ok(())
+                })
+                .await
+            })
+            .await;
+        if let Err(err) = result {
+            self.sink().emit(super::output::Event::Warning(format!("rolling back failed: {err}")));
+        }
+    }
+}
+
+impl Engine {
+    /// `kamal-proxy deploy <service> --target=<container>:<app_port> …` for `role`.
+    pub(crate) fn proxy_deploy(&self, role: &Role, container_id: &str, version: &str) -> Cmd {
+        let service = names::container_prefix(&self.config, &role.name);
+        let proxy = role.proxy.clone().unwrap_or_default();
+        commands::proxy::deploy(&self.config, &service, &proxy, container_id, version, TlsOwner::Role(&role.name))
+    }
+
+    /// Stops every running container of `role` on `host` but `version`'s (the one that was running before, and
+    /// any left behind by an interrupted deploy).
+    async fn stop_other_versions(&self, host: &str, role: &Role, version: &str) -> Result<(), EngineError> {
+        let running = self.remote().run(host, &app::list_versions(&self.config, role, &[])).await?;
+        for other in running.stdout.lines().map(str::trim).filter(|v| !v.is_empty() && *v != version) {
+            let name = names::container_name(&self.config, &role.name, other);
+            self.remote().step(host, &format!("Stopped {name}"), &app::stop(&self.config, role, Some(other))).await?;
+        }
+        Ok(())
+    }
+}
+
+/// App hosts in slices of `boot.limit` (a count, or a percentage of all hosts), primary-role hosts first.
+pub fn boot_groups(config: &crate::config::Config, hosts: &[String]) -> Vec<Vec<String>> {
+    let size = match config.boot.limit.as_deref() {
+        Some(limit) if limit.ends_with('%') => {
+            let percent: usize = limit.trim_end_matches('%').trim().parse().unwrap_or(100);
+            (config.all_hosts().len() * percent / 100).max(1)
+        }
+        Some(limit) => limit.trim().parse::<usize>().unwrap_or(hosts.len()).max(1),
+        None => hosts.len().max(1),
+    };
+    hosts.chunks(size).map(<[String]>::to_vec).collect()
+}
+
+/// Docker's 12-character short id.
+fn short_id(id: &str) -> String {
+    id.trim().chars().take(12).collect()
+}
+
+/// `n` random bytes as hex (container hostnames, `_replaced_` names).
+pub fn random_hex(bytes: usize) -> String {
+    let mut buffer = vec![0u8; bytes];
+    let _ = getrandom::fill(&mut buffer);
+    buffer.iter().map(|byte| format!("{byte:02x}")).collect()
+}

@@ -1,0 +1,490 @@
+//! The rest of Kamal's command set on hosts: accessories, app queries (details, versions, logs, exec),
+//! proxy container actions, lock, registry, server exec, remove — each a few builder commands run per host.
+
+use std::time::Instant;
+
+use indexmap::IndexMap;
+
+use super::app::random_hex;
+use super::output::Event;
+use super::remote::on_hosts;
+use super::{Engine, EngineError};
+use crate::command::Cmd;
+use crate::commands::app::{ExecMode, LogOptions};
+use crate::commands::{self, accessory, app, names, proxy};
+use crate::config::Accessory;
+
+/// A simple action on accessory containers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessoryAction {
+    Start,
+    Stop,
+    Details,
+}
+
+/// A simple action on the proxy container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyAction {
+    Start,
+    Stop,
+    Details,
+}
+
+impl Engine {
+    /// The accessories `name` means (`all`, or one), or an error listing the ones that exist.
+    fn accessories_named(&self, name: &str) -> Result<Vec<Accessory>, EngineError> {
+        if name == "all" {
+            return Ok(self.config.accessories.clone());
+        }
+        match self.config.accessories.iter().find(|accessory| accessory.name == name) {
+            Some(accessory) => Ok(vec![accessory.clone()]),
+            None => Err(EngineError::Refused(format!(
+                "No accessory by the name of '{name}' (options: {})",
+                self.config.accessories.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join(", ")
+            ))),
+        }
+    }
+
+    /// An accessory's hosts that are selected (`-h` narrows them).
+    fn accessory_hosts(&self, accessory: &Accessory) -> Vec<String> {
+        let filtered = self.options.filters.hosts.is_some() || self.options.filters.roles.is_some();
+        accessory.hosts.iter().filter(|host| !filtered || self.selection.hosts.contains(host)).cloned().collect()
+    }
+
+    /// `accessory boot NAME|all` (also part of `setup`): skips hosts where the accessory's container exists.
+    pub async fn boot_accessories(&self, name: Option<&str>) -> Result<(), EngineError> {
+        for accessory in self.accessories_named(name.unwrap_or("all"))? {
+            let hosts = self.accessory_hosts(&accessory);
+            self.stage(&format!("Boot accessory {}", accessory.name), hosts.len(), async {
+                on_hosts(&hosts, |host| {
+                    let accessory = accessory.clone();
+                    async move { self.boot_accessory_on(&host, &accessory, false).await }
+                })
+                .await
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn boot_accessory_on(&self, host: &str, accessory: &Accessory, replace: bool) -> Result<(), EngineError> {
+        let started = Instant::now();
+        let remote = self.remote();
+        let exists = remote.run(host, &accessory::container_exists(accessory)).await?;
+        if !exists.stdout.trim().is_empty() && !replace {
+            remote.report(host, &format!("Skipping booting {}: a container already exists", accessory.service), started, true);
+            return Ok(());
+        }
+        self.registry_login(host).await?;
+        remote.run(host, &proxy::ensure_network()).await?;
+        if let Some(make) = accessory::make_directories(accessory) {
+            remote.run(host, &make).await?;
+        }
+        for file in accessory::files(accessory) {
+            let local = self.config.root.join(&file.local);
+            let contents = std::fs::read(&local).map_err(|source| EngineError::Local {
+                what: format!("reading {} for accessory {}", local.display(), accessory.name),
+                source,
+            })?;
+            remote.run(host, &accessory::make_file_directory(&file)).await?;
+            let mode = u32::from_str_radix(&file.mode, 8).unwrap_or(0o755);
+            remote.write_file(host, &host_path_for_upload(&file.host_path), &contents, mode).await?;
+            remote.run(host, &accessory::set_file_permissions(&file)).await?;
+        }
+        let secrets = self.secrets().await?;
+        let env_text = commands::env_file::accessory_env_file(accessory, commands::env_file::lookup_in(&secrets))
+            .map_err(|missing| EngineError::Refused(missing.to_string()))?;
+        remote.run(host, &accessory::ensure_env_directory(&self.config)).await?;
+        remote.write_file(host, &names::accessory_env_file(&self.config, &accessory.name), env_text.as_bytes(), 0o600).await?;
+        let output = remote.run(host, &accessory::run(&self.config, accessory, host)).await?;
+        if let Some(port) = accessory_app_port(accessory) {
+            let id: String = output.stdout.trim().chars().take(12).collect();
+            if let Some(deploy) = accessory::deploy_to_proxy(&self.config, accessory, &format!("{id}:{port}")) {
+                remote.run(host, &deploy).await?;
+            }
+        }
+        remote.report(host, &format!("Booted {}", accessory.service), started, true);
+        Ok(())
+    }
+
+    /// `accessory reboot NAME`: pull, stop, remove, boot again (data directories stay).
+    pub async fn reboot_accessory(&self, name: &str) -> Result<(), EngineError> {
+        for accessory in self.accessories_named(name)? {
+            let hosts = self.accessory_hosts(&accessory);
+            self.stage(&format!("Reboot accessory {}", accessory.name), hosts.len(), async {
+                on_hosts(&hosts, |host| {
+                    let accessory = accessory.clone();
+                    async move {
+                        self.registry_login(&host).await?;
+                        self.remote().run(&host, &accessory::pull_image(&accessory)).await?;
+                        if accessory.proxy.is_some() {
+                            self.remote().run_unchecked(&host, &accessory::remove_from_proxy(&accessory)).await?;
+                        }
+                        self.remote().run(&host, &accessory::stop(&accessory)).await?;
+                        self.remote().run(&host, &accessory::remove_container(&accessory)).await?;
+                        self.boot_accessory_on(&host, &accessory, true).await
+                    }
+                })
+                .await
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn accessory_action(&self, name: &str, action: AccessoryAction) -> Result<(), EngineError> {
+        for accessory in self.accessories_named(name)? {
+            let hosts = self.accessory_hosts(&accessory);
+            let outputs = on_hosts(&hosts, |host| {
+                let accessory = accessory.clone();
+                async move {
+                    let cmd = match action {
+                        AccessoryAction::Start => accessory::start(&accessory),
+                        AccessoryAction::Stop => accessory::stop(&accessory),
+                        AccessoryAction::Details => accessory::info(&accessory),
+                    };
+                    if action == AccessoryAction::Stop && accessory.proxy.is_some() {
+                        self.remote().run_unchecked(&host, &accessory::remove_from_proxy(&accessory)).await?;
+                    }
+                    let output = self.remote().step(&host, &format!("{action:?} {}", accessory.service), &cmd).await?;
+                    Ok((host, output.stdout))
+                }
+            })
+            .await?;
+            if action == AccessoryAction::Details {
+                for (host, text) in outputs {
+                    self.show(&format!("Accessory {} Host: {host}", accessory.name), &text);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn accessory_logs(&self, name: &str, options: &LogOptions) -> Result<(), EngineError> {
+        for accessory in self.accessories_named(name)? {
+            let hosts = self.accessory_hosts(&accessory);
+            let cmd = accessory::logs(&accessory, options);
+            self.stream_or_show(&format!("Accessory {} Host", accessory.name), &hosts, &cmd, options.follow).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn accessory_exec(&self, name: &str, reuse: bool, env: &[String], command: &[String]) -> Result<(), EngineError> {
+        for accessory in self.accessories_named(name)? {
+            let hosts = self.accessory_hosts(&accessory);
+            let cmd = if reuse {
+                accessory::execute_in_existing_container(&accessory, command, false)
+            } else {
+                let _ = parse_env(env)?;
+                accessory::execute_in_new_container(&self.config, &accessory, hosts.first().map(String::as_str).unwrap_or_default(), command, false)
+            };
+            self.show_per_host(&format!("Accessory {} Host", accessory.name), &hosts, &cmd).await?;
+        }
+        Ok(())
+    }
+
+    /// `accessory remove NAME|all`: container, image and data directory.
+    pub async fn remove_accessories(&self, name: &str) -> Result<(), EngineError> {
+        for accessory in self.accessories_named(name)? {
+            let hosts = self.accessory_hosts(&accessory);
+            on_hosts(&hosts, |host| {
+                let accessory = accessory.clone();
+                async move {
+                    if accessory.proxy.is_some() {
+                        self.remote().run_unchecked(&host, &accessory::remove_from_proxy(&accessory)).await?;
+                    }
+                    let remove = accessory::stop(&accessory)
+                        .then(accessory::remove_container(&accessory))
+                        .then(accessory::remove_image(&accessory))
+                        .then(accessory::remove_service_directory(&accessory));
+                    self.remote().step(&host, &format!("Removed {}", accessory.service), &remove).await?;
+                    Ok(())
+                }
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// `app images`.
+    pub async fn app_images(&self) -> Result<(), EngineError> {
+        let hosts = self.selection.app_hosts(&self.config);
+        self.show_per_host("App Host", &hosts, &app::list_images(&self.config)).await
+    }
+
+    /// `app version`: the version running on each host.
+    pub async fn app_version(&self) -> Result<(), EngineError> {
+        self.show_per_role(|role| app::current_running_version(&self.config, role)).await
+    }
+
+    /// `app logs`: per (host, role); with `--follow`, streamed live from one host.
+    pub async fn app_logs(&self, options: &LogOptions) -> Result<(), EngineError> {
+        let hosts = self.selection.app_hosts(&self.config);
+        let outputs = on_hosts(&hosts, |host| async move {
+            let mut text = String::new();
+            for role in self.selection.roles_on(&self.config, &host) {
+                let output = self.remote().run_unchecked(&host, &app::logs(&self.config, role, options)).await?;
+                text.push_str(&output.stdout);
+            }
+            Ok((host, text))
+        })
+        .await?;
+        for (host, text) in outputs {
+            self.show(&format!("App Host: {host}"), &text);
+        }
+        Ok(())
+    }
+
+    /// `app exec`: in a new container of the running version (default), or in the running one (`--reuse`).
+    pub async fn app_exec(&self, reuse: bool, interactive: bool, env: &[String], command: &[String]) -> Result<(), EngineError> {
+        if interactive {
+            return Err(EngineError::Refused(
+                "interactive exec needs a terminal: run `ssh -t USER@HOST docker exec -it CONTAINER CMD` (berth prints the command with -v); `berth app exec -i` is not supported yet".into(),
+            ));
+        }
+        let env = parse_env(env)?;
+        let hosts = self.selection.app_hosts(&self.config);
+        let version = self.config.version.clone();
+        let outputs = on_hosts(&hosts, |host| {
+            let env = env.clone();
+            let version = version.clone();
+            async move {
+                let mut text = String::new();
+                for role in self.selection.roles_on(&self.config, &host) {
+                    let cmd = if reuse {
+                        let running = self.remote().run(&host, &app::current_running_version(&self.config, role)).await?;
+                        let running = running.stdout.trim().to_string();
+                        app::execute_in_existing_container(&self.config, role, &running, command, &env, false)
+                    } else {
+                        let running = self.remote().run(&host, &app::current_running_version(&self.config, role)).await?;
+                        let running = running.stdout.trim();
+                        let version = if running.is_empty() { version.as_str() } else { running };
+                        app::execute_in_new_container(&self.config, role, &host, version, command, &env, ExecMode::Attached, &random_hex(3))
+                    };
+                    let output = self.remote().run(&host, &cmd).await?;
+                    text.push_str(&output.stdout);
+                }
+                Ok((host, text))
+            }
+        })
+        .await?;
+        for (host, text) in outputs {
+            self.show(&format!("App Host: {host}"), &text);
+        }
+        Ok(())
+    }
+
+    /// `app stale_containers [--stop]`: running containers of a role that are not its current version.
+    pub async fn stale_containers(&self, stop: bool) -> Result<(), EngineError> {
+        let hosts = self.selection.app_hosts(&self.config);
+        on_hosts(&hosts, |host| async move {
+            for role in self.selection.roles_on(&self.config, &host) {
+                let current = self.remote().run(&host, &app::current_running_version(&self.config, role)).await?;
+                let current = current.stdout.trim().to_string();
+                let running = self.remote().run(&host, &app::list_versions(&self.config, role, &[])).await?;
+                for version in running.stdout.lines().map(str::trim).filter(|v| !v.is_empty() && *v != current) {
+                    let name = names::container_name(&self.config, &role.name, version);
+                    if stop {
+                        self.remote().step(&host, &format!("Stopped stale container {name}"), &app::stop(&self.config, role, Some(version))).await?;
+                    } else {
+                        self.sink().emit(Event::Output(format!("Detected stale container for role {} with version {version} on {host}", role.name)));
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// `app remove`: leave the proxy, stop, remove containers, images and the app's directories.
+    pub async fn remove_app(&self) -> Result<(), EngineError> {
+        self.stop_app().await?;
+        let hosts = self.selection.app_hosts(&self.config);
+        on_hosts(&hosts, |host| async move {
+            for role in self.selection.roles_on(&self.config, &host) {
+                self.remote().run(&host, &app::remove_containers(&self.config, role)).await?;
+            }
+            let remove = app::remove_images(&self.config)
+                .then(app::remove_app_directory(&self.config))
+                .then(app::remove_proxy_app_directory(&self.config));
+            self.remote().step(&host, "Removed the app's containers, images and directories", &remove).await?;
+            Ok(())
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// `berth remove`: app, proxy (where no other app remains), accessories, registry logout.
+    pub async fn remove_everything(&self) -> Result<(), EngineError> {
+        self.with_lock(async {
+            self.remove_app().await?;
+            self.remove_proxy(false).await?;
+            self.remove_accessories("all").await?;
+            self.registry_logout_all(true, false).await
+        })
+        .await
+    }
+
+    /// `proxy start|stop|details`.
+    pub async fn proxy_action(&self, action: ProxyAction) -> Result<(), EngineError> {
+        let hosts = self.proxy_hosts();
+        let cmd = match action {
+            ProxyAction::Start => proxy::start(),
+            ProxyAction::Stop => proxy::stop_container(),
+            ProxyAction::Details => proxy::info(),
+        };
+        if action == ProxyAction::Details {
+            return self.show_per_host("Proxy Host", &hosts, &cmd).await;
+        }
+        on_hosts(&hosts, |host| {
+            let cmd = cmd.clone();
+            async move {
+                self.remote().step(&host, &format!("Proxy {action:?}"), &cmd).await?;
+                Ok(())
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn proxy_logs(&self, options: &LogOptions) -> Result<(), EngineError> {
+        let hosts = self.proxy_hosts();
+        self.stream_or_show("Proxy Host", &hosts, &proxy::logs(options), options.follow).await
+    }
+
+    /// `proxy remove`: only on hosts where no app is installed any more, unless `force`.
+    pub async fn remove_proxy(&self, force: bool) -> Result<(), EngineError> {
+        let hosts = self.proxy_hosts();
+        on_hosts(&hosts, |host| async move {
+            if !force {
+                let apps = self.remote().run_unchecked(&host, &Cmd::new("ls").arg(names::apps_directory())).await?;
+                if apps.exit_status == 0 && !apps.stdout.trim().is_empty() {
+                    self.info(format!("{host}: keeping the proxy, other apps are installed ({})", apps.stdout.split_whitespace().collect::<Vec<_>>().join(", ")));
+                    return Ok(());
+                }
+            }
+            let remove = proxy::stop_container()
+                .then(proxy::remove_container())
+                .then(proxy::remove_image())
+                .then(proxy::remove_proxy_directory());
+            self.remote().step(&host, "Removed the proxy", &remove).await?;
+            Ok(())
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// `details`: proxy, app and accessories.
+    pub async fn details(&self) -> Result<(), EngineError> {
+        self.proxy_action(ProxyAction::Details).await?;
+        self.show_per_role(|role| app::info(&self.config, role)).await?;
+        if !self.config.accessories.is_empty() {
+            self.accessory_action("all", AccessoryAction::Details).await?;
+        }
+        Ok(())
+    }
+
+    /// `audit`: the last lines of the audit log on each host.
+    pub async fn audit(&self) -> Result<(), EngineError> {
+        let hosts = self.selection.hosts.clone();
+        self.show_per_host("App Host", &hosts, &commands::auditor::reveal(&self.config)).await
+    }
+
+    /// `server exec CMD`: a shell command on every selected host.
+    pub async fn server_exec(&self, interactive: bool, command: &str) -> Result<(), EngineError> {
+        if interactive {
+            return Err(EngineError::Refused("interactive `server exec -i` needs a terminal: use `ssh -t` to the host".into()));
+        }
+        let hosts = self.selection.hosts.clone();
+        self.show_per_host("App Host", &hosts, &Cmd::raw_script(command)).await
+    }
+
+    pub async fn lock_acquire(&self, message: &str) -> Result<(), EngineError> {
+        if self.acquire_lock(message).await? {
+            self.info(format!("Acquired the deploy lock on {}", self.selection.primary_host.as_deref().unwrap_or("?")));
+        }
+        Ok(())
+    }
+
+    pub async fn lock_release(&self) -> Result<(), EngineError> {
+        let Some(host) = self.selection.primary_host.clone() else { return Ok(()) };
+        match self.lock_details(&host).await? {
+            Some(_) => {
+                self.remote().step(&host, "Released the deploy lock", &commands::lock::release(&self.config)).await?;
+            }
+            None => self.info("There is no deploy lock"),
+        }
+        Ok(())
+    }
+
+    pub async fn lock_status(&self) -> Result<(), EngineError> {
+        let Some(host) = self.selection.primary_host.clone() else { return Ok(()) };
+        match self.lock_details(&host).await? {
+            Some(details) => self.show(&format!("Lock on {host}:"), &details),
+            None => self.sink().emit(Event::Output("There is no deploy lock".into())),
+        }
+        Ok(())
+    }
+
+    pub async fn registry_login_all(&self, _skip_local: bool, skip_remote: bool) -> Result<(), EngineError> {
+        if skip_remote {
+            return Ok(());
+        }
+        let hosts = self.selection.hosts.clone();
+        on_hosts(&hosts, |host| async move {
+            let started = Instant::now();
+            self.registry_login(&host).await?;
+            self.remote().report(&host, "Logged in to the registry", started, true);
+            Ok(())
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn registry_logout_all(&self, _skip_local: bool, skip_remote: bool) -> Result<(), EngineError> {
+        if skip_remote {
+            return Ok(());
+        }
+        let hosts = self.selection.hosts.clone();
+        on_hosts(&hosts, |host| async move {
+            self.remote().step(&host, "Logged out of the registry", &commands::registry::logout(&self.config.registry)).await?;
+            Ok(())
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Shows a command's output per host, or with `follow` streams it from the first host until it ends.
+    async fn stream_or_show(&self, header: &str, hosts: &[String], cmd: &Cmd, follow: bool) -> Result<(), EngineError> {
+        if !follow {
+            return self.show_per_host(header, hosts, cmd).await;
+        }
+        let Some(host) = hosts.first() else { return Ok(()) };
+        let lines = super::remote::OutputLines { sink: self.sink() };
+        self.remote().ssh().run(host, cmd, &lines).await?;
+        Ok(())
+    }
+}
+
+/// `-e K=V` arguments as an env map.
+fn parse_env(pairs: &[String]) -> Result<IndexMap<String, String>, EngineError> {
+    pairs
+        .iter()
+        .map(|pair| match pair.split_once('=') {
+            Some((key, value)) => Ok((key.to_string(), value.to_string())),
+            None => Err(EngineError::Refused(format!("--env takes KEY=VALUE, got '{pair}'"))),
+        })
+        .collect()
+}
+
+/// The port the proxy reaches a proxied accessory on (`proxy.app_port`, default 80).
+fn accessory_app_port(accessory: &Accessory) -> Option<String> {
+    let proxy = accessory.proxy.as_ref()?;
+    Some(proxy.get("app_port").map(crate::config::schema::scalar_text).unwrap_or_else(|| "80".into()))
+}
+
+/// Uploads go through the login directory; `$PWD/x` in a builder path means `x` relative to it.
+fn host_path_for_upload(path: &str) -> String {
+    path.strip_prefix("$PWD/").unwrap_or(path).to_string()
+}

@@ -1,0 +1,126 @@
+//! Running `Cmd`s on hosts for the engine: each step reported to the sink with its host and timing, output
+//! lines forwarded (redacted), failures turned into `EngineError`s that say what failed where, and fan-out over
+//! hosts in parallel that waits for all of them and reports every failure (Kamal's "Exceptions on N hosts").
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::EngineError;
+use super::output::{Event, Sink};
+use crate::command::Cmd;
+use crate::ssh::{CommandOutput, LineSink, OutputStream, SshPool};
+
+/// The engine's handle on the hosts.
+#[derive(Clone)]
+pub struct Remote {
+    ssh: SshPool,
+    sink: Arc<dyn Sink>,
+}
+
+/// Forwards a command's output lines to the sink as verbose `Line` events.
+struct SinkLines<'a> {
+    sink: &'a dyn Sink,
+}
+
+impl LineSink for SinkLines<'_> {
+    fn line(&self, host: &str, stream: OutputStream, line: &str) {
+        let stderr = matches!(stream, OutputStream::Stderr);
+        self.sink.emit(Event::Line { host: Some(host.to_string()), stderr, text: line.to_string(), always: false });
+    }
+}
+
+/// Streams a command's output lines to the sink as `Output` (shown as is): `logs --follow`.
+pub struct OutputLines<'a> {
+    pub sink: &'a dyn Sink,
+}
+
+impl LineSink for OutputLines<'_> {
+    fn line(&self, host: &str, _stream: OutputStream, line: &str) {
+        self.sink.emit(Event::Output(format!("{host}: {line}")));
+    }
+}
+
+pub use crate::ssh::DiscardLines;
+
+impl Remote {
+    pub fn new(ssh: SshPool, sink: Arc<dyn Sink>) -> Remote {
+        Remote { ssh, sink }
+    }
+
+    pub fn sink(&self) -> &dyn Sink {
+        self.sink.as_ref()
+    }
+
+    pub fn ssh(&self) -> &SshPool {
+        &self.ssh
+    }
+
+    /// Runs `cmd` on `host`; a non-zero exit is an error naming the host, the command and its stderr.
+    pub async fn run(&self, host: &str, cmd: &Cmd) -> Result<CommandOutput, EngineError> {
+        let output = self.run_unchecked(host, cmd).await?;
+        if output.exit_status != 0 {
+            return Err(EngineError::CommandFailed {
+                host: host.to_string(),
+                command: cmd.to_string(),
+                status: output.exit_status,
+                output: last_lines(if output.stderr.trim().is_empty() { &output.stdout } else { &output.stderr }),
+            });
+        }
+        Ok(output)
+    }
+
+    /// Runs `cmd` on `host` and returns its output whatever its exit status.
+    pub async fn run_unchecked(&self, host: &str, cmd: &Cmd) -> Result<CommandOutput, EngineError> {
+        self.sink.emit(Event::Command { host: Some(host.to_string()), text: cmd.to_string() });
+        let lines = SinkLines { sink: self.sink.as_ref() };
+        Ok(self.ssh.run(host, cmd, &lines).await?)
+    }
+
+    /// Runs `cmd` and reports it as one step (`[host] text (0.12s)`), failed or not.
+    pub async fn step(&self, host: &str, text: &str, cmd: &Cmd) -> Result<CommandOutput, EngineError> {
+        let started = Instant::now();
+        let result = self.run(host, cmd).await;
+        self.report(host, text, started, result.is_ok());
+        result
+    }
+
+    /// Writes a file on `host` over the SSH channel, created with `mode` (its contents never reach argv).
+    pub async fn write_file(&self, host: &str, path: &str, contents: &[u8], mode: u32) -> Result<(), EngineError> {
+        self.sink.emit(Event::Command { host: Some(host.to_string()), text: format!("upload {path} (mode {mode:o})") });
+        Ok(self.ssh.write_file(host, path, contents, mode).await?)
+    }
+
+    /// Reports a step that finished.
+    pub fn report(&self, host: &str, text: &str, started: Instant, ok: bool) {
+        self.sink.emit(Event::Step { host: Some(host.to_string()), text: text.to_string(), elapsed: started.elapsed(), ok });
+    }
+}
+
+/// Runs `work` for every host at once and waits for all; every failure is reported, none is lost.
+pub async fn on_hosts<T, F, Fut>(hosts: &[String], work: F) -> Result<Vec<T>, EngineError>
+where
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = Result<T, EngineError>>,
+{
+    let results = futures_util::future::join_all(hosts.iter().map(|host| work(host.clone()))).await;
+    let mut values = Vec::with_capacity(results.len());
+    let mut failures = Vec::new();
+    for (host, result) in hosts.iter().zip(results) {
+        match result {
+            Ok(value) => values.push(value),
+            Err(err) => failures.push((host.clone(), err)),
+        }
+    }
+    match failures.len() {
+        0 => Ok(values),
+        1 => Err(failures.pop().expect("one failure").1),
+        _ => Err(EngineError::OnHosts(failures)),
+    }
+}
+
+/// The last lines of a command's output, for an error message.
+fn last_lines(text: &str) -> String {
+    let lines: Vec<&str> = text.trim_end().lines().collect();
+    lines[lines.len().saturating_sub(12)..].join("\n")
+}

@@ -1,0 +1,245 @@
+//! `berth setup`, `deploy`, `rollback`, `app …`, `accessory …`, `lock …`, `prune …` end to end on the bench:
+//! real sshd and dockerd per host, a real registry, berth's own proxy on every host, the test app.
+
+use std::time::Duration;
+
+use crate::support::bench::{Bench, Host};
+use crate::support::berth::{BerthOutput, Project};
+use crate::support::http::{self, LoadLoop};
+
+const SECRET_TOKEN: &str = "s3cr3t-Tok3n-never-in-argv";
+
+/// A project deploying the test app to a bench, with the deployer's HOME holding the bench's key and known_hosts.
+struct Deployment {
+    bench: Bench,
+    project: Project,
+}
+
+impl Deployment {
+    fn new(bench: Bench, config: &str) -> Deployment {
+        let mut project = Project::new();
+        let home = project.path().join("home");
+        std::fs::create_dir_all(home.join(".ssh")).unwrap();
+        std::fs::copy(bench.ssh_key(), home.join(".ssh/id_ed25519")).unwrap();
+        std::fs::copy(bench.known_hosts(), home.join(".ssh/known_hosts")).unwrap();
+        project.env.insert("HOME".into(), home.display().to_string());
+        project.write("config/deploy.yml", config);
+        let password = bench.registry().password();
+        project.write(".kamal/secrets", &format!("KAMAL_REGISTRY_PASSWORD={password}\nSECRET_TOKEN={SECRET_TOKEN}\n"));
+        Deployment { bench, project }
+    }
+
+    fn berth(&self, args: &[&str]) -> BerthOutput {
+        self.project.berth(args)
+    }
+
+    fn host(&self, index: usize) -> &Host {
+        self.bench.host(index)
+    }
+
+    /// What `GET path` through the proxy on `host` answers.
+    fn get(&self, host: &Host, path: &str) -> http::Answer {
+        http::get(&format!("{}:80", host.ip), path).unwrap_or_else(|err| panic!("GET {path} on {}: {err}", host.ip))
+    }
+
+    fn version_served(&self, host: &Host) -> String {
+        let answer = self.get(host, "/version");
+        assert_eq!(answer.status, 200, "GET /version on {}: {answer:?}", host.ip);
+        answer.body.trim().to_string()
+    }
+
+    /// `docker ps` names on `host` with extra args (e.g. `--all`, filters).
+    fn containers(&self, host: &Host, args: &[&str]) -> Vec<String> {
+        let mut docker = vec!["ps", "--format", "{{.Names}}"];
+        docker.extend_from_slice(args);
+        let out = self.bench.docker(host, &docker);
+        assert!(out.status.success(), "docker ps: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+    }
+}
+
+fn app_config(bench: &Bench, extra: &str) -> String {
+    let registry = bench.registry();
+    let (h1, h2) = (&bench.host(1).ip, &bench.host(2).ip);
+    format!(
+        "service: app
+image: berth-test-app
+registry:
+  server: {server}
+  username: {user}
+  password:
+    - KAMAL_REGISTRY_PASSWORD
+servers:
+  web:
+    - {h1}
+    - {h2}
+  workers:
+    hosts:
+      - {h2}
+    env:
+      clear:
+        ROLE_NAME: worker
+env:
+  clear:
+    GREETING: hello world
+  secret:
+    - SECRET_TOKEN
+proxy:
+  app_port: 80
+  healthcheck:
+    path: /up
+    interval: 1
+    timeout: 2
+builder:
+  arch: amd64
+ssh:
+  user: {ssh_user}
+deploy_timeout: 10
+drain_timeout: 5
+readiness_delay: 0
+retain_containers: 1
+accessories:
+  store:
+    image: {server}/berth-test-app:v1
+    host: {h1}
+    env:
+      clear:
+        PORT: \"8080\"
+    directories:
+      - data:/data
+    files:
+      - config/store.conf:/etc/store.conf
+aliases:
+  greet: app exec --reuse --primary /berth-test-app --version
+{extra}",
+        server = registry.addr,
+        user = registry.user,
+        ssh_user = bench.ssh_user(),
+    )
+}
+
+const HOOK: &str = "#!/bin/sh\nenv | grep '^KAMAL_' | sort > \"$(dirname \"$0\")/../../hook-$(basename \"$0\").env\"\n";
+
+/// The whole life of an app on two hosts: setup, deploys under load, rollback, prune, a broken version, and the
+/// app/accessory commands around them.
+#[test]
+fn deploys_without_dropping_a_request_and_rolls_back_a_broken_version_everywhere() {
+    let bench = Bench::start(2);
+    for version in ["v1", "v2"] {
+        bench.push_test_app_with(version, &[("SERVICE", "app")]);
+    }
+    let broken_on = bench.host(2).ip.clone();
+    bench.push_test_app_with("v3", &[("SERVICE", "app"), ("UP_FAIL_HOST", &broken_on)]);
+    let config = app_config(&bench, "");
+    let d = Deployment::new(bench, &config);
+    d.project.write("config/store.conf", "answer = 42\n");
+    for hook in ["pre-connect", "pre-deploy", "pre-app-boot", "post-app-boot", "post-deploy"] {
+        let path = d.project.write(&format!(".kamal/hooks/{hook}"), HOOK);
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let (h1, h2) = (d.host(1).clone(), d.host(2).clone());
+
+    // Nothing answers before setup.
+    assert!(http::get(&format!("{}:80", h1.ip), "/").is_err(), "no proxy yet");
+
+    // setup: proxy, accessory, app v1 on both hosts, worker on h2.
+    let out = d.berth(&["setup", "--skip-push", "--version", "v1"]);
+    out.ok();
+    assert_eq!(d.version_served(&h1), "v1");
+    assert_eq!(d.version_served(&h2), "v1");
+    assert_eq!(d.containers(&h2, &["--filter", "name=^app-workers-v1$"]), ["app-workers-v1"], "worker runs");
+    assert_eq!(d.containers(&h1, &["--filter", "name=^app-store$"]), ["app-store"], "accessory runs");
+    assert_eq!(d.get(&h1, "/env/GREETING").body, "hello world");
+    assert_eq!(d.get(&h2, "/env/SECRET_TOKEN").body, SECRET_TOKEN, "secret reaches the container via the env file");
+    assert_eq!(d.get(&h1, "/env/KAMAL_VERSION").body, "v1");
+    let env_file = d.bench.ssh_ok(&h1, "stat -c %a .kamal/apps/app/env/roles/web.env");
+    assert_eq!(env_file, "600", "env file mode");
+
+    // Hooks ran with Kamal's variables.
+    let pre_deploy = std::fs::read_to_string(d.project.path().join("hook-pre-deploy.env")).expect("pre-deploy ran");
+    assert!(pre_deploy.contains("KAMAL_VERSION=v1"), "{pre_deploy}");
+    assert!(pre_deploy.contains("KAMAL_SERVICE_VERSION=app@v1"), "{pre_deploy}");
+    assert!(pre_deploy.contains(&format!("KAMAL_HOSTS={},{}", h1.ip, h2.ip)), "{pre_deploy}");
+    let post_deploy = std::fs::read_to_string(d.project.path().join("hook-post-deploy.env")).expect("post-deploy ran");
+    assert!(post_deploy.contains("KAMAL_RUNTIME="), "{post_deploy}");
+    let app_boot = std::fs::read_to_string(d.project.path().join("hook-pre-app-boot.env")).expect("pre-app-boot ran");
+    assert!(app_boot.contains("KAMAL_HOSTS="), "{app_boot}");
+
+    // The accessory: its file uploaded, its data directory survives a reboot.
+    assert_eq!(d.bench.ssh_ok(&h1, "cat app-store/etc/store.conf"), "answer = 42");
+    d.bench.ssh_ok(&h1, "echo kept > app-store/data/marker");
+    d.berth(&["accessory", "reboot", "store"]).ok();
+    assert_eq!(d.bench.ssh_ok(&h1, "cat app-store/data/marker"), "kept");
+    let mounts = d.bench.docker(&h1, &["inspect", "--format", "{{range .Mounts}}{{.Destination}} {{end}}", "app-store"]);
+    assert!(String::from_utf8_lossy(&mounts.stdout).contains("/data"), "data directory mounted after reboot");
+
+    // deploy v2 under load: no request fails, v2 is served after.
+    let addrs = vec![format!("{}:80", h1.ip), format!("{}:80", h2.ip)];
+    let load = LoadLoop::start(&addrs, "/", 2);
+    Bench::wait_for("load to start", Duration::from_secs(10), || (load.count() > 10).then_some(()));
+    d.berth(&["deploy", "--skip-push", "--version", "v2"]).ok();
+    let results = load.finish();
+    assert!(results.failures.is_empty(), "requests failed during deploy v2: {:#?}", results.failures);
+    assert!(results.ok > 20, "{results:?}");
+    assert_eq!(d.version_served(&h1), "v2");
+    assert_eq!(d.version_served(&h2), "v2");
+    assert!(d.containers(&h2, &["--filter", "name=^app-workers-v1$"]).is_empty(), "old worker stopped");
+
+    // rollback to v1 from the retained container, without pulling.
+    let out = d.berth(&["rollback", "v1", "-v"]);
+    assert!(!out.ok().contains("docker pull"), "rollback must not pull:\n{}", out.stdout);
+    assert_eq!(d.version_served(&h1), "v1");
+    assert_eq!(d.version_served(&h2), "v1");
+
+    // prune keeps exactly retain_containers (1) stopped containers per host.
+    d.berth(&["prune", "all"]).ok();
+    for host in [&h1, &h2] {
+        let stopped = d.containers(host, &["--all", "--filter", "label=service=app", "--filter", "status=exited"]);
+        assert_eq!(stopped.len(), 1, "stopped containers on {}: {stopped:?}", host.ip);
+    }
+
+    // deploy v2 again, then a v3 whose /up fails on h2: the deploy fails, both hosts go on serving v2, and no
+    // request fails meanwhile.
+    d.berth(&["deploy", "--skip-push", "--version", "v2"]).ok();
+    let load = LoadLoop::start(&addrs, "/", 2);
+    Bench::wait_for("load to start", Duration::from_secs(10), || (load.count() > 10).then_some(()));
+    let out = d.berth(&["deploy", "--skip-push", "--version", "v3"]);
+    let err = out.err();
+    assert!(err.contains(&h2.ip), "the error names the failing host:\n{err}");
+    let results = load.finish();
+    assert!(results.failures.is_empty(), "requests failed during the broken deploy: {:#?}", results.failures);
+    assert_eq!(d.version_served(&h1), "v2", "h1 switched back");
+    assert_eq!(d.version_served(&h2), "v2");
+    for host in [&h1, &h2] {
+        assert!(d.containers(host, &["--filter", "name=v3"]).is_empty(), "no v3 left running on {}", host.ip);
+    }
+    assert_eq!(d.containers(&h2, &["--filter", "name=^app-workers-v2$"]), ["app-workers-v2"], "v2 worker runs");
+
+    // app commands.
+    let version = d.berth(&["app", "version"]);
+    assert!(version.ok().contains("v2"), "{}", version.stdout);
+    let exec = d.berth(&["app", "exec", "--reuse", "-r", "web", "/berth-test-app", "--version"]);
+    assert!(exec.ok().contains("v2"), "{}", exec.stdout);
+    let exec = d.berth(&["app", "exec", "-p", "/berth-test-app", "--version"]);
+    assert!(exec.ok().contains("v2"), "{}", exec.stdout);
+    let alias = d.berth(&["greet"]);
+    assert!(alias.ok().contains("v2"), "{}", alias.stdout);
+    d.get(&h1, "/hello-log-line");
+    let logs = d.berth(&["app", "logs", "-r", "web", "-n", "200"]);
+    assert!(logs.ok().contains(&h1.ip), "{}", logs.stdout);
+
+    d.berth(&["app", "maintenance", "--message", "Back at 5"]).ok();
+    let answer = d.get(&h1, "/");
+    assert_eq!(answer.status, 503);
+    assert!(answer.body.contains("Back at 5"), "{answer:?}");
+    d.berth(&["app", "live"]).ok();
+    assert_eq!(d.version_served(&h1), "v2");
+
+    let audit = d.berth(&["audit"]);
+    assert!(audit.ok().contains("Booted app version v2"), "{}", audit.stdout);
+
+    // No secret value ever showed in berth's own output.
+    for out in [&out, &version, &exec, &logs, &audit] {
+        assert!(!out.stdout.contains(SECRET_TOKEN) && !out.stderr.contains(SECRET_TOKEN));
+    }
+}
