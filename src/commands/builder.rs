@@ -1,0 +1,460 @@
+//! Image builds, run locally on the deployer: `docker buildx build` for the config's builder (local, remote,
+//! hybrid or Docker Build Cloud), builder creation, and on hosts the pull and label check — Kamal's
+//! `Commands::Builder::*` and `Configuration::Builder`.
+//!
+//! Build secrets are passed by name (`--secret id=NAME`); the engine puts their values in the build process's
+//! environment, never in the script.
+
+use yaml_serde::{Mapping, Value};
+
+use super::names;
+use super::{docker, with_key_values};
+use crate::command::Cmd;
+use crate::config::Config;
+use crate::config::schema::scalar_text;
+
+/// Which builder a config uses, given the deployer's architecture (Kamal's `Commands::Builder#target`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BuilderKind {
+    /// Every arch built on the deployer.
+    Local,
+    /// Every arch built on `builder.remote`.
+    Remote,
+    /// The deployer's arch locally, the others on `builder.remote`.
+    Hybrid,
+    /// Docker Build Cloud (`driver: cloud org/name`).
+    Cloud,
+}
+
+/// The arches to build: `builder.arch`, else amd64 and arm64 (none with the `docker` driver).
+pub fn arches(config: &Config) -> Vec<String> {
+    if !config.builder.arch.is_empty() {
+        return config.builder.arch.clone();
+    }
+    if is_docker_driver(config) { Vec::new() } else { vec!["amd64".into(), "arm64".into()] }
+}
+
+/// Arches built on the deployer (`local_arch` is its own, `amd64`/`arm64`).
+pub fn local_arches(config: &Config, local_arch: &str) -> Vec<String> {
+    let arches = arches(config);
+    if !config.builder.local {
+        Vec::new()
+    } else if config.builder.remote.is_some() {
+        arches.into_iter().filter(|a| a == local_arch).collect()
+    } else {
+        arches
+    }
+}
+
+/// Arches built on the remote builder.
+pub fn remote_arches(config: &Config, local_arch: &str) -> Vec<String> {
+    if config.builder.remote.is_none() {
+        return Vec::new();
+    }
+    let local = local_arches(config, local_arch);
+    arches(config).into_iter().filter(|a| !local.contains(a)).collect()
+}
+
+/// The builder kind for this config on a deployer of `local_arch`.
+pub fn kind(config: &Config, local_arch: &str) -> BuilderKind {
+    if !remote_arches(config, local_arch).is_empty() {
+        if local_arches(config, local_arch).is_empty() { BuilderKind::Remote } else { BuilderKind::Hybrid }
+    } else if config.builder.driver.starts_with("cloud") {
+        BuilderKind::Cloud
+    } else {
+        BuilderKind::Local
+    }
+}
+
+fn is_docker_driver(config: &Config) -> bool {
+    config.builder.driver == "docker"
+}
+
+/// `ssh://app@1.1.1.5` -> `ssh---app-1-1-1-5`: a remote as part of a builder name.
+fn sanitized(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-' { c } else { '-' })
+        .collect()
+}
+
+/// The buildx builder's name, `None` with the `docker` driver (it builds with the daemon's own builder).
+pub fn builder_name(config: &Config, local_arch: &str) -> Option<String> {
+    let driver = &config.builder.driver;
+    let remote = config.builder.remote.as_deref().map(sanitized).unwrap_or_default();
+    let local_registry = config.registry.is_local();
+    let suffix = if local_registry { "-local-registry" } else { "" };
+    match kind(config, local_arch) {
+        BuilderKind::Local if is_docker_driver(config) => None,
+        BuilderKind::Local if local_registry => Some(format!("kamal-local-registry-{driver}")),
+        BuilderKind::Local => Some(format!("kamal-local-{driver}")),
+        BuilderKind::Remote => Some(format!("kamal-remote-{remote}{suffix}")),
+        BuilderKind::Hybrid => Some(format!("kamal-hybrid-{driver}-{remote}{suffix}")),
+        BuilderKind::Cloud => Some(driver.replace([' ', '/'], "-")),
+    }
+}
+
+/// `--platform linux/a,linux/b`.
+fn platform(arches: &[String]) -> Option<String> {
+    (!arches.is_empty()).then(|| arches.iter().map(|a| format!("linux/{a}")).collect::<Vec<_>>().join(","))
+}
+
+/// `builder.cache` as `(--cache-to, --cache-from)` values.
+pub fn cache_options(config: &Config) -> Option<(String, String)> {
+    let cache = config.builder.raw.get("cache")?.as_mapping()?;
+    let text = |key: &str| cache.get(key).filter(|v| !v.is_null()).map(scalar_text);
+    let options = text("options");
+    match text("type").as_deref() {
+        Some("gha") => {
+            let to = ["type=gha".to_string()].into_iter().chain(options).collect::<Vec<_>>().join(",");
+            Some((to, "type=gha".to_string()))
+        }
+        Some("registry") => {
+            let image = text("image").unwrap_or_else(|| format!("{}-build-cache", config.image));
+            let reference = match &config.registry.server {
+                Some(server) => format!("ref={server}/{image}"),
+                None => format!("ref={image}"),
+            };
+            let to = ["type=registry".to_string()].into_iter().chain(options).chain([reference.clone()]);
+            Some((to.collect::<Vec<_>>().join(","), format!("type=registry,{reference}")))
+        }
+        _ => None,
+    }
+}
+
+/// The build options shared by every builder: cache, `--label service=…`, build args, secrets, `--file`,
+/// `--target`, `--ssh`, `--provenance`, `--sbom`.
+pub fn with_build_options(mut cmd: Cmd, config: &Config) -> Cmd {
+    let builder = &config.builder;
+    if let Some((to, from)) = cache_options(config) {
+        cmd = cmd.arg("--cache-to").arg(to).arg("--cache-from").arg(from);
+    }
+    cmd = with_key_values(cmd, "--label", [("service", config.service.as_str())]);
+    let args: Vec<(String, String)> = builder.args.iter().map(|(k, v)| (scalar_text(k), scalar_text(v))).collect();
+    cmd = with_key_values(cmd, "--build-arg", args.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    cmd = with_key_values(cmd, "--secret", builder.secrets.iter().map(|name| ("id", name.as_str())));
+    cmd = cmd.arg("--file").arg(&builder.dockerfile);
+    if let Some(target) = builder.target.as_deref().filter(|t| !t.is_empty()) {
+        cmd = cmd.arg("--target").arg(target);
+    }
+    let raw_text = |key: &str| builder.raw.get(key).filter(|v| !v.is_null()).map(scalar_text);
+    if let Some(ssh) = raw_text("ssh").filter(|s| !s.is_empty()) {
+        // Kamal leaves `$SSH_AUTH_SOCK` to the local shell; `${…}` is how `Cmd` keeps a variable expandable.
+        cmd = cmd.arg("--ssh").arg_expanding_braced_vars(brace_bare_vars(&ssh));
+    }
+    for key in ["provenance", "sbom"] {
+        if let Some(value) = raw_text(key) {
+            cmd = cmd.arg(format!("--{key}")).arg(value);
+        }
+    }
+    cmd
+}
+
+/// `$NAME` -> `${NAME}`, so the variable stays expandable through [`Cmd::arg_expanding_braced_vars`].
+fn brace_bare_vars(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(|n| n.is_ascii_alphabetic() || *n == '_') {
+            let mut name = String::new();
+            while let Some(&n) = chars.peek().filter(|n| n.is_ascii_alphanumeric() || **n == '_') {
+                name.push(n);
+                chars.next();
+            }
+            out.push_str(&format!("${{{name}}}"));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The names of `builder.secrets`: the engine exports their values into the build's environment.
+pub fn build_secret_names(config: &Config) -> &[String] {
+    &config.builder.secrets
+}
+
+/// `docker buildx build --output=type=registry --platform … [--builder …] -t <image:version> -t <image:latest>
+/// <options> [--no-cache] <context> 2>&1`: build and push in one step. `context` is the build context
+/// directory (`builder.context`, default `.`), or `-` for a tar on stdin (see [`push_from_git_archive`]).
+pub fn push(config: &Config, version: &str, local_arch: &str, no_cache: bool, context: &str) -> Cmd {
+    let mut cmd = docker().args(["buildx", "build", "--output=type=registry"]);
+    if let Some(platform) = platform(&arches(config)) {
+        cmd = cmd.arg("--platform").arg(platform);
+    }
+    if let Some(name) = builder_name(config, local_arch) {
+        cmd = cmd.arg("--builder").arg(name);
+    }
+    cmd = cmd.arg("-t").arg(names::image(config, version)).arg("-t").arg(names::latest_image(config));
+    cmd = with_build_options(cmd, config);
+    if no_cache {
+        cmd = cmd.arg("--no-cache");
+    }
+    cmd.arg(context).raw("2>&1")
+}
+
+/// The build context of [`push`]: `builder.context`, else `.`.
+pub fn context(config: &Config) -> &str {
+    config.builder.context.as_deref().unwrap_or(".")
+}
+
+/// `git -C <repository> archive --format=tar <tree> | docker buildx build … -`: builds exactly the committed
+/// tree (`HEAD`, or `HEAD:sub/dir` for a project below the repository root) without cloning, so uncommitted
+/// changes stay out of the image as with Kamal's clone.
+pub fn push_from_git_archive(
+    config: &Config,
+    version: &str,
+    local_arch: &str,
+    no_cache: bool,
+    repository: &str,
+    tree: &str,
+) -> Cmd {
+    Cmd::new("git")
+        .arg("-C")
+        .arg(repository)
+        .args(["archive", "--format=tar"])
+        .arg(tree)
+        .pipe(push(config, version, local_arch, no_cache, "-"))
+}
+
+/// `docker --version && docker buildx version`: the deployer can build.
+pub fn ensure_docker_installed() -> Cmd {
+    docker().arg("--version").and(docker().args(["buildx", "version"]))
+}
+
+/// `docker buildx inspect <builder>` (fails when it needs creating); `None` with the `docker` driver.
+pub fn inspect_builder(config: &Config, local_arch: &str) -> Option<Cmd> {
+    Some(docker().args(["buildx", "inspect"]).arg(builder_name(config, local_arch)?))
+}
+
+/// Creates the buildx builder (and the docker context of a remote one); `None` with the `docker` driver.
+pub fn create(config: &Config, local_arch: &str) -> Option<Cmd> {
+    let name = builder_name(config, local_arch)?;
+    let driver = &config.builder.driver;
+    let host_network =
+        |cmd: Cmd| if config.registry.is_local() { cmd.args(["--driver-opt", "network=host"]) } else { cmd };
+    let context_name = format!("{name}-context");
+    let create_context = || {
+        docker()
+            .args(["context", "create"])
+            .arg(&context_name)
+            .arg("--description")
+            .arg(format!("{name} host"))
+            .arg("--docker")
+            .arg(format!("host={}", config.builder.remote.as_deref().unwrap_or_default()))
+    };
+    Some(match kind(config, local_arch) {
+        BuilderKind::Local => {
+            host_network(docker().args(["buildx", "create", "--name"]).arg(&name).arg(format!("--driver={driver}")))
+        }
+        BuilderKind::Remote => create_context()
+            .then(host_network(docker().args(["buildx", "create", "--name"]).arg(&name)).arg(&context_name)),
+        BuilderKind::Hybrid => {
+            let local_platform = platform(&local_arches(config, local_arch)).unwrap_or_default();
+            let remote_platform = platform(&remote_arches(config, local_arch)).unwrap_or_default();
+            host_network(
+                docker()
+                    .args(["buildx", "create", "--platform"])
+                    .arg(local_platform)
+                    .arg("--name")
+                    .arg(&name)
+                    .arg(format!("--driver={driver}")),
+            )
+            .and(create_context())
+            .and(
+                host_network(
+                    docker()
+                        .args(["buildx", "create", "--platform"])
+                        .arg(remote_platform)
+                        .args(["--append", "--name"])
+                        .arg(&name),
+                )
+                .arg(&context_name),
+            )
+        }
+        BuilderKind::Cloud => {
+            let endpoint = driver.strip_prefix("cloud").unwrap_or(driver).trim();
+            docker().args(["buildx", "create", "--driver", "cloud"]).arg(endpoint)
+        }
+    })
+}
+
+/// Removes the buildx builder (and the docker context of a remote one).
+pub fn remove(config: &Config, local_arch: &str) -> Option<Cmd> {
+    let name = builder_name(config, local_arch)?;
+    let remove_builder = docker().args(["buildx", "rm"]).arg(&name);
+    Some(match kind(config, local_arch) {
+        BuilderKind::Remote | BuilderKind::Hybrid => {
+            remove_builder.then(docker().args(["context", "rm"]).arg(format!("{name}-context")))
+        }
+        _ => remove_builder,
+    })
+}
+
+/// `docker context ls && docker buildx ls` (`build details`).
+pub fn info() -> Cmd {
+    docker().args(["context", "ls"]).and(docker().args(["buildx", "ls"]))
+}
+
+/// On a host: `docker image rm --force <image>`, so the pull below fetches the registry's image.
+pub fn remove_image_before_pull(config: &Config, version: &str) -> Cmd {
+    docker().args(["image", "rm", "--force"]).arg(names::image(config, version))
+}
+
+/// On a host: `docker pull <image>`.
+pub fn pull(config: &Config, version: &str) -> Cmd {
+    docker().arg("pull").arg(names::image(config, version))
+}
+
+/// On a host: fails unless the image has the `service` label prune and Kamal rely on.
+pub fn validate_image(config: &Config, version: &str) -> Cmd {
+    let image = names::image(config, version);
+    let complain =
+        Cmd::new("echo").arg(format!("Image {image} is missing the 'service' label")).and(Cmd::raw_script("exit 1"));
+    docker()
+        .args(["inspect", "-f", "{{ .Config.Labels.service }}"])
+        .arg(&image)
+        .pipe(Cmd::new("grep").arg("-x").arg(&config.service))
+        .or(Cmd::raw_script(format!("({})", complain.script())))
+}
+
+/// On a host: the first registry mirror it pulls through (hosts sharing one are pulled one after another).
+pub fn first_mirror() -> Cmd {
+    docker().args(["info", "--format", "{{index .RegistryConfig.Mirrors 0}}"])
+}
+
+/// A builder `args:` mapping read as text pairs (for engines that pass them elsewhere).
+pub fn build_args(config: &Config) -> Vec<(String, String)> {
+    let args: &Mapping = &config.builder.args;
+    args.iter().filter(|(_, v)| !matches!(v, Value::Null)).map(|(k, v)| (scalar_text(k), scalar_text(v))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::test_config::load;
+
+    fn builder_config(builder: &str, registry: &str) -> Config {
+        load(&format!("service: app\nimage: dhh/app\n{registry}servers: [1.1.1.1]\nbuilder:\n{builder}"), None)
+    }
+
+    const REGISTRY: &str = "registry:\n  username: dhh\n  password: secret\n";
+    const LOCAL_REGISTRY: &str = "registry:\n  server: localhost:5000\n";
+
+    #[test]
+    fn local_build_with_gha_cache() {
+        let config = builder_config("  arch: amd64\n  cache:\n    type: gha\n", REGISTRY);
+        assert_eq!(kind(&config, "amd64"), BuilderKind::Local);
+        assert_eq!(
+            push(&config, "123", "amd64", false, context(&config)).script(),
+            "docker buildx build --output=type=registry --platform linux/amd64 --builder kamal-local-docker-container -t dhh/app:123 -t dhh/app:latest --cache-to type=gha --cache-from type=gha --label service=\"app\" --file Dockerfile . 2>&1"
+        );
+    }
+
+    #[test]
+    fn hybrid_and_remote_builders() {
+        let config = builder_config("  arch: [amd64, arm64]\n  remote: ssh://app@127.0.0.1\n", REGISTRY);
+        assert_eq!(kind(&config, "amd64"), BuilderKind::Hybrid);
+        assert_eq!(builder_name(&config, "amd64").unwrap(), "kamal-hybrid-docker-container-ssh---app-127-0-0-1");
+        let config =
+            builder_config("  arch: [amd64, arm64]\n  remote: ssh://app@127.0.0.1\n  local: false\n", REGISTRY);
+        assert_eq!(kind(&config, "amd64"), BuilderKind::Remote);
+        assert_eq!(
+            push(&config, "123", "amd64", false, ".").script(),
+            "docker buildx build --output=type=registry --platform linux/amd64,linux/arm64 --builder kamal-remote-ssh---app-127-0-0-1 -t dhh/app:123 -t dhh/app:latest --label service=\"app\" --file Dockerfile . 2>&1"
+        );
+        let config = builder_config("  arch: arm64\n  remote: ssh://app@host\n", REGISTRY);
+        assert_eq!(kind(&config, "amd64"), BuilderKind::Remote);
+        assert_eq!(kind(&config, "arm64"), BuilderKind::Local);
+    }
+
+    #[test]
+    fn cloud_and_docker_drivers() {
+        let config = builder_config("  arch: amd64\n  driver: cloud docker-org-name/builder-name\n", REGISTRY);
+        assert_eq!(kind(&config, "amd64"), BuilderKind::Cloud);
+        assert_eq!(builder_name(&config, "amd64").unwrap(), "cloud-docker-org-name-builder-name");
+        assert_eq!(
+            create(&config, "amd64").unwrap().script(),
+            "docker buildx create --driver cloud docker-org-name/builder-name"
+        );
+        let config = builder_config("  arch: amd64\n  driver: docker\n", REGISTRY);
+        assert_eq!(builder_name(&config, "amd64"), None);
+        assert!(create(&config, "amd64").is_none());
+        assert!(!push(&config, "123", "amd64", false, ".").script().contains("--builder"));
+    }
+
+    #[test]
+    fn build_options() {
+        let config = builder_config(
+            "  arch: amd64\n  args:\n    a: 1\n    b: 2\n  secrets: [token_a, token_b]\n  dockerfile: Dockerfile.xyz\n  target: prod\n  ssh: default=$SSH_AUTH_SOCK\n  provenance: mode=max\n  sbom: false\n",
+            REGISTRY,
+        );
+        assert_eq!(
+            with_build_options(Cmd::new("x"), &config).script(),
+            "x --label service=\"app\" --build-arg a=\"1\" --build-arg b=\"2\" --secret id=\"token_a\" --secret id=\"token_b\" --file Dockerfile.xyz --target prod --ssh \"default=${SSH_AUTH_SOCK}\" --provenance mode=max --sbom false"
+        );
+        assert_eq!(build_secret_names(&config), ["token_a", "token_b"]);
+        assert_eq!(build_args(&config), [("a".to_string(), "1".to_string()), ("b".to_string(), "2".to_string())]);
+    }
+
+    #[test]
+    fn registry_cache_and_no_cache() {
+        let config = builder_config(
+            "  arch: amd64\n  cache:\n    type: registry\n    options: mode=max\n",
+            "registry:\n  server: ghcr.io\n  username: dhh\n  password: secret\n",
+        );
+        assert_eq!(
+            cache_options(&config),
+            Some((
+                "type=registry,mode=max,ref=ghcr.io/dhh/app-build-cache".into(),
+                "type=registry,ref=ghcr.io/dhh/app-build-cache".into()
+            ))
+        );
+        assert!(push(&config, "123", "amd64", true, "..").script().ends_with("--file Dockerfile --no-cache .. 2>&1"));
+    }
+
+    #[test]
+    fn git_archive_context() {
+        let config = builder_config("  arch: amd64\n", REGISTRY);
+        assert_eq!(
+            push_from_git_archive(&config, "123", "amd64", false, "/src/app", "HEAD").script(),
+            "git -C /src/app archive --format=tar HEAD | docker buildx build --output=type=registry --platform linux/amd64 --builder kamal-local-docker-container -t dhh/app:123 -t dhh/app:latest --label service=\"app\" --file Dockerfile - 2>&1"
+        );
+    }
+
+    #[test]
+    fn create_builders_with_a_local_registry() {
+        let config = builder_config("  arch: amd64\n", LOCAL_REGISTRY);
+        assert_eq!(
+            create(&config, "amd64").unwrap().script(),
+            "docker buildx create --name kamal-local-registry-docker-container --driver=docker-container --driver-opt network=host"
+        );
+        let config = builder_config("  arch: arm64\n  remote: ssh://app@1.1.1.5\n", LOCAL_REGISTRY);
+        assert_eq!(
+            create(&config, "amd64").unwrap().script(),
+            "docker context create kamal-remote-ssh---app-1-1-1-5-local-registry-context --description 'kamal-remote-ssh---app-1-1-1-5-local-registry host' --docker host=ssh://app@1.1.1.5 ; docker buildx create --name kamal-remote-ssh---app-1-1-1-5-local-registry --driver-opt network=host kamal-remote-ssh---app-1-1-1-5-local-registry-context"
+        );
+        let config = builder_config("  arch: [amd64, arm64]\n  remote: ssh://app@1.1.1.5\n", LOCAL_REGISTRY);
+        assert_eq!(
+            create(&config, "amd64").unwrap().script(),
+            "docker buildx create --platform linux/amd64 --name kamal-hybrid-docker-container-ssh---app-1-1-1-5-local-registry --driver=docker-container --driver-opt network=host && docker context create kamal-hybrid-docker-container-ssh---app-1-1-1-5-local-registry-context --description 'kamal-hybrid-docker-container-ssh---app-1-1-1-5-local-registry host' --docker host=ssh://app@1.1.1.5 && docker buildx create --platform linux/arm64 --append --name kamal-hybrid-docker-container-ssh---app-1-1-1-5-local-registry --driver-opt network=host kamal-hybrid-docker-container-ssh---app-1-1-1-5-local-registry-context"
+        );
+        assert_eq!(
+            remove(&config, "amd64").unwrap().script(),
+            "docker buildx rm kamal-hybrid-docker-container-ssh---app-1-1-1-5-local-registry ; docker context rm kamal-hybrid-docker-container-ssh---app-1-1-1-5-local-registry-context"
+        );
+    }
+
+    #[test]
+    fn host_side_commands() {
+        let config = builder_config("  arch: amd64\n", REGISTRY);
+        assert_eq!(pull(&config, "123").script(), "docker pull dhh/app:123");
+        assert_eq!(remove_image_before_pull(&config, "123").script(), "docker image rm --force dhh/app:123");
+        assert_eq!(
+            validate_image(&config, "123").script(),
+            "docker inspect -f '{{ .Config.Labels.service }}' dhh/app:123 | grep -x app || (echo 'Image dhh/app:123 is missing the '\\''service'\\'' label' && exit 1)"
+        );
+        assert_eq!(first_mirror().script(), "docker info --format '{{index .RegistryConfig.Mirrors 0}}'");
+        assert_eq!(ensure_docker_installed().script(), "docker --version && docker buildx version");
+        assert_eq!(info().script(), "docker context ls && docker buildx ls");
+    }
+}
