@@ -9,6 +9,11 @@ use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
+mod hosts_commands;
+mod on_hosts;
+
+use hosts_commands::*;
+
 use crate::config::{Config, LoadOptions, kamal_summary, resolved_view};
 use crate::environment::Environment;
 use crate::project;
@@ -26,7 +31,7 @@ pub struct Cli {
 }
 
 /// Kamal's global options, accepted by every command.
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct GlobalArgs {
     /// Path to the configuration file
     #[arg(short = 'c', long = "config-file", global = true, default_value = "config/deploy.yml", value_name = "FILE")]
@@ -51,10 +56,69 @@ pub struct GlobalArgs {
     /// Print help (kamal's `-h` selects hosts, so help is `--help` only)
     #[arg(long, global = true, action = clap::ArgAction::Help)]
     pub help: Option<bool>,
+
+    #[command(flatten)]
+    pub hosts: HostArgs,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Set up all accessories, the proxy and deploy the app to servers
+    Setup(DeployArgs),
+
+    /// Deploy the app to servers: build, push, pull, boot with a health-gated cutover, prune
+    Deploy(DeployArgs),
+
+    /// Deploy the app to servers without the proxy check and pruning (faster)
+    Redeploy(DeployArgs),
+
+    /// Roll back the app to a version whose containers are still on the servers
+    Rollback {
+        /// The version to go back to (see `berth app containers`)
+        version: String,
+    },
+
+    /// Remove the app, the proxy (where no other app uses it), accessories and registry sessions from servers
+    Remove(ConfirmArgs),
+
+    /// Show details about all containers
+    Details,
+
+    /// Show the audit log from servers
+    Audit,
+
+    /// Manage the application
+    #[command(subcommand)]
+    App(AppCommand),
+
+    /// Manage accessories (db, redis, search, …)
+    #[command(subcommand)]
+    Accessory(AccessoryCommand),
+
+    /// Manage the proxy on servers; `run`, `deploy`, `pause`, … are kamal-proxy's own commands
+    #[command(subcommand)]
+    Proxy(ProxyCommand),
+
+    /// Prune old application images and containers
+    #[command(subcommand)]
+    Prune(PruneCommand),
+
+    /// Bootstrap servers with Docker, or run commands on them
+    #[command(subcommand)]
+    Server(ServerCommand),
+
+    /// Manage the deploy lock
+    #[command(subcommand)]
+    Lock(LockCommand),
+
+    /// Log in and out of the image registry
+    #[command(subcommand)]
+    Registry(RegistryCommand),
+
+    /// Build, push and pull the application image
+    #[command(subcommand)]
+    Build(BuildCommand),
+
     /// Show the resolved configuration (secrets are never printed)
     Config(ConfigArgs),
 
@@ -73,6 +137,10 @@ pub enum Command {
 
     /// Show berth's own version
     Version,
+
+    /// An alias from the configuration's `aliases:`
+    #[command(external_subcommand)]
+    Alias(Vec<String>),
 }
 
 #[derive(Debug, Args)]
@@ -131,6 +199,9 @@ pub fn main() -> ExitCode {
 /// Runs one parsed command, writing its output to `out`.
 pub fn run(cli: &Cli, env: &Environment, out: &mut dyn Write) -> anyhow::Result<()> {
     let global = &cli.global;
+    if on_hosts::run(cli, env)? {
+        return Ok(());
+    }
     match &cli.command {
         Command::Config(args) => {
             let config = load_config(global, env)?;
@@ -163,8 +234,58 @@ pub fn run(cli: &Cli, env: &Environment, out: &mut dyn Write) -> anyhow::Result<
             out.write_all(&buffer)?;
         }
         Command::Version => writeln!(out, "berth {}", env!("CARGO_PKG_VERSION"))?,
+        Command::Proxy(proxy) => return run_proxy_control(proxy),
+        Command::Alias(words) => return run_alias(global, env, words, out),
+        _ => unreachable!("host commands run in on_hosts"),
     }
     Ok(())
+}
+
+/// kamal-proxy's own commands (`berth proxy run|deploy|pause|…`), for the proxy on this machine.
+fn run_proxy_control(proxy: &ProxyCommand) -> anyhow::Result<()> {
+    let mut args: Vec<std::ffi::OsString> = vec!["kamal-proxy".into()];
+    match proxy {
+        ProxyCommand::Control(words) => args.extend(words.iter().map(Into::into)),
+        ProxyCommand::Stop { service: Some(service), rest } => {
+            args.extend(["stop".into(), service.into()]);
+            args.extend(rest.iter().map(Into::into));
+        }
+        ProxyCommand::Remove { service: Some(service), .. } => args.extend(["remove".into(), service.into()]),
+        _ => unreachable!("host proxy commands run in on_hosts"),
+    }
+    match crate::proxy::cli::main(args) {
+        code if code == ExitCode::SUCCESS => Ok(()),
+        _ => anyhow::bail!("the proxy command failed"),
+    }
+}
+
+/// `berth NAME …` where NAME is in `aliases:`: the alias's command line with the rest appended, run again.
+fn run_alias(global: &GlobalArgs, env: &Environment, words: &[String], out: &mut dyn Write) -> anyhow::Result<()> {
+    let (name, rest) = words.split_first().expect("clap gives the subcommand name");
+    let config = load_config(global, env)?;
+    let Some(alias) = config.aliases.get(name) else {
+        let mut known: Vec<&str> = config.aliases.keys().map(String::as_str).collect();
+        known.sort();
+        anyhow::bail!(
+            "unknown command '{name}' (and no alias of that name in the configuration{}); see `berth --help`",
+            if known.is_empty() { String::new() } else { format!(": aliases are {}", known.join(", ")) }
+        );
+    };
+    let alias_words = shell_words::split(alias).map_err(|err| anyhow::anyhow!("alias '{name}': {err}"))?;
+    // The original command line with the alias name replaced by its words (global flags keep their place).
+    let original: Vec<String> = std::env::args().collect();
+    let at = original.iter().position(|word| word == name).unwrap_or(original.len());
+    let mut argv: Vec<String> = original[..at].to_vec();
+    if argv.is_empty() {
+        argv.push("berth".into());
+    }
+    argv.extend(alias_words);
+    argv.extend(rest.iter().cloned());
+    let cli = Cli::try_parse_from(&argv)?;
+    if matches!(cli.command, Command::Alias(_)) {
+        anyhow::bail!("alias '{name}' refers to another alias or an unknown command: {alias}");
+    }
+    run(&cli, env, out)
 }
 
 /// Resolves every secret the configuration names, reporting all missing ones at once.
