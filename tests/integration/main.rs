@@ -8,3 +8,5 @@ mod bench;
 mod kamal_corpus;
 // `berth config`, `init`, `docs`, `completions` and their errors.
 mod cli_config;
+// The SSH executor against real sshd: output, stdin, one connection per host, host keys, jump hosts, agent.
+mod ssh;

@@ -1,0 +1,434 @@
+//! One authenticated SSH connection (russh): TCP or through jump hosts, host key verified against known_hosts,
+//! then public-key authentication with key files, in-memory keys and the agent.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use russh::client::{self, Handle, Msg};
+use russh::keys::agent::AgentIdentity;
+use russh::keys::agent::client::AgentClient;
+use russh::keys::{Algorithm, PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use russh::{Channel, MethodKind};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::error::{SshError, connect_hint};
+use super::known_hosts::{self, Verdict};
+use super::route::{Endpoint, Route, default_identity_files};
+use super::{HostKeyPolicy, SshConfig};
+
+/// An open, authenticated connection; channels are opened on it concurrently (up to the server's MaxSessions).
+pub(crate) struct Connection {
+    handle: Handle<HostKeyCheck>,
+    /// The host as the caller named it (in messages).
+    label: String,
+    /// One permit per open session channel: sshd refuses channels beyond its `MaxSessions` (10 by default).
+    session_slots: Arc<Semaphore>,
+    /// The jump host connection this one runs through, kept open as long as this one is.
+    _via: Option<Arc<Connection>>,
+}
+
+/// A session channel and its slot on the connection.
+pub(crate) struct SessionChannel {
+    pub channel: Channel<Msg>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Connection {
+    /// Connects along `route` (each jump host, then the target), all within `config.connect_timeout`.
+    pub async fn open(
+        config: &SshConfig,
+        route: &Route,
+        known_hosts_writes: &Arc<Mutex<()>>,
+    ) -> Result<Connection, SshError> {
+        let target = &route.target;
+        let attempt = async {
+            let mut via: Option<Arc<Connection>> = None;
+            for jump in &route.jumps {
+                let hop = connect_endpoint(config, jump, via.clone(), known_hosts_writes).await;
+                let hop = hop.map_err(|e| SshError::Jump {
+                    target: target.label.clone(),
+                    jump: jump.label.clone(),
+                    source: Box::new(e),
+                })?;
+                via = Some(Arc::new(hop));
+            }
+            connect_endpoint(config, target, via, known_hosts_writes).await
+        };
+        match tokio::time::timeout(config.connect_timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(SshError::ConnectTimeout {
+                host: target.label.clone(),
+                addr: route.jumps.first().unwrap_or(target).addr(),
+                after: config.connect_timeout,
+            }),
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.handle.is_closed()
+    }
+
+    /// Opens a session channel, waiting for a free slot first.
+    pub async fn open_session(&self) -> Result<SessionChannel, SshError> {
+        let slot = Arc::clone(&self.session_slots).acquire_owned().await.expect("the slots are never closed");
+        let channel = self.handle.channel_open_session().await.map_err(|e| self.channel_error("session", e))?;
+        Ok(SessionChannel { channel, _slot: slot })
+    }
+
+    /// Opens a channel to a Unix socket on the host (`direct-streamlocal@openssh.com`).
+    pub async fn open_unix_socket(&self, path: &str) -> Result<Channel<Msg>, SshError> {
+        self.handle.channel_open_direct_streamlocal(path).await.map_err(|e| self.channel_error("unix socket", e))
+    }
+
+    fn channel_error(&self, kind: &'static str, error: russh::Error) -> SshError {
+        if self.is_closed() || matches!(error, russh::Error::SendError | russh::Error::Disconnect) {
+            SshError::Disconnected {
+                host: self.label.clone(),
+                during: format!("while opening a {kind} channel"),
+                cause: error.to_string(),
+            }
+        } else {
+            SshError::Channel { host: self.label.clone(), kind, cause: error.to_string() }
+        }
+    }
+
+    pub async fn disconnect(&self) {
+        let _ = self.handle.disconnect(russh::Disconnect::ByApplication, "berth is done", "en").await;
+    }
+}
+
+/// Connects to `endpoint` directly or through `via`, verifies its host key and authenticates.
+async fn connect_endpoint(
+    config: &SshConfig,
+    endpoint: &Endpoint,
+    via: Option<Arc<Connection>>,
+    known_hosts_writes: &Arc<Mutex<()>>,
+) -> Result<Connection, SshError> {
+    let check = HostKeyCheck {
+        label: endpoint.label.clone(),
+        name: endpoint.known_hosts_name(),
+        port: endpoint.port,
+        files: endpoint.known_hosts_files.clone(),
+        policy: config.host_key_policy,
+        writes: Arc::clone(known_hosts_writes),
+    };
+    let client_config = Arc::new(client_config(config, endpoint));
+    let handshake = match &via {
+        None => {
+            let stream =
+                tokio::net::TcpStream::connect((endpoint.hostname.as_str(), endpoint.port)).await.map_err(|e| {
+                    SshError::Connect {
+                        host: endpoint.label.clone(),
+                        addr: endpoint.addr(),
+                        cause: e.to_string(),
+                        hint: connect_hint(&e),
+                    }
+                })?;
+            let _ = stream.set_nodelay(true);
+            client::connect_stream(client_config, stream, check).await
+        }
+        Some(jump) => {
+            let tunnel = jump
+                .handle
+                .channel_open_direct_tcpip(endpoint.hostname.as_str(), u32::from(endpoint.port), "127.0.0.1", 0)
+                .await
+                .map_err(|e| SshError::JumpChannel {
+                    jump: jump.label.clone(),
+                    target: endpoint.addr(),
+                    cause: e.to_string(),
+                })?;
+            client::connect_stream(client_config, tunnel.into_stream(), check).await
+        }
+    };
+    let mut handle = handshake.map_err(|e| match e {
+        HandshakeError::HostKey(error) => error,
+        HandshakeError::Ssh(error) => SshError::Connect {
+            host: endpoint.label.clone(),
+            addr: endpoint.addr(),
+            cause: format!("SSH handshake failed: {error}"),
+            hint: "Is an SSH server listening on that port?".into(),
+        },
+    })?;
+    authenticate(&mut handle, config, endpoint).await?;
+    Ok(Connection {
+        handle,
+        label: endpoint.label.clone(),
+        session_slots: Arc::new(Semaphore::new(config.max_sessions_per_connection.max(1))),
+        _via: via,
+    })
+}
+
+fn client_config(config: &SshConfig, endpoint: &Endpoint) -> client::Config {
+    let mut preferred = russh::Preferred::default();
+    // Ask for a key type known_hosts has for this host first, as OpenSSH does: a host with several keys then
+    // presents the one that can be verified.
+    let known = known_hosts::recorded_algorithms(&endpoint.known_hosts_files, &endpoint.known_hosts_name());
+    if !known.is_empty() {
+        let is_rsa = |a: &Algorithm| matches!(a, Algorithm::Rsa { .. });
+        let is_known = |a: &Algorithm| known.iter().any(|k| k == a || (is_rsa(k) && is_rsa(a)));
+        let (mut first, rest): (Vec<Algorithm>, Vec<Algorithm>) = preferred.key.iter().cloned().partition(is_known);
+        first.extend(rest);
+        preferred.key = first.into();
+    }
+    client::Config {
+        preferred,
+        keepalive_interval: Some(config.keepalive_interval),
+        keepalive_max: 3,
+        nodelay: true,
+        ..client::Config::default()
+    }
+}
+
+/// The russh handler: decides whether the host key is trusted (see [`HostKeyPolicy`]).
+struct HostKeyCheck {
+    label: String,
+    name: String,
+    port: u16,
+    files: Vec<PathBuf>,
+    policy: HostKeyPolicy,
+    /// Serialises recording new keys, so two connections do not append at once.
+    writes: Arc<Mutex<()>>,
+}
+
+#[derive(Debug)]
+enum HandshakeError {
+    Ssh(russh::Error),
+    HostKey(SshError),
+}
+
+impl From<russh::Error> for HandshakeError {
+    fn from(error: russh::Error) -> Self {
+        HandshakeError::Ssh(error)
+    }
+}
+
+impl HostKeyCheck {
+    fn verify(&self, key: &PublicKey) -> Result<(), SshError> {
+        let _writing = self.writes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match known_hosts::check(&self.files, &self.name, key)? {
+            Verdict::Trusted => Ok(()),
+            Verdict::Unknown => match (self.policy, self.files.first()) {
+                (HostKeyPolicy::AcceptNew, Some(file)) => known_hosts::record(file, &self.name, key),
+                _ => Err(SshError::HostKeyUnknown {
+                    host: self.name.clone(),
+                    port: self.port,
+                    key_type: key.algorithm().to_string(),
+                    fingerprint: known_hosts::fingerprint(key),
+                    known_hosts: self.files.clone(),
+                }),
+            },
+            Verdict::Changed { expected, file, line } => Err(SshError::HostKeyChanged {
+                host: self.name.clone(),
+                expected: format!("{} {}", expected.algorithm(), known_hosts::fingerprint(&expected)),
+                got: format!("{} {}", key.algorithm(), known_hosts::fingerprint(key)),
+                file,
+                line,
+            }),
+            Verdict::Revoked { file, line } => Err(SshError::HostKeyRevoked {
+                host: self.label.clone(),
+                fingerprint: known_hosts::fingerprint(key),
+                file,
+                line,
+            }),
+        }
+    }
+}
+
+impl client::Handler for HostKeyCheck {
+    type Error = HandshakeError;
+
+    async fn check_server_key(&mut self, server_key: &PublicKeyOrCertificate) -> Result<bool, HandshakeError> {
+        match server_key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => {
+                self.verify(key).map(|()| true).map_err(HandshakeError::HostKey)
+            }
+            // berth does not advertise certificate algorithms, so a server has no reason to send one.
+            PublicKeyOrCertificate::Certificate(_) => Ok(false),
+        }
+    }
+}
+
+/// A private key to offer, with where it came from (for the error message).
+struct OfferedKey {
+    source: String,
+    key: Arc<PrivateKey>,
+}
+
+/// Public-key authentication: `key_data`, then key files (configured, then the OpenSSH files', then the default
+/// ones when nothing is configured), then the agent. Each distinct key is offered once (sshd counts every
+/// offer against `MaxAuthTries`).
+async fn authenticate(
+    handle: &mut Handle<HostKeyCheck>,
+    config: &SshConfig,
+    endpoint: &Endpoint,
+) -> Result<(), SshError> {
+    let user = endpoint.user.as_str();
+    let mut tried: Vec<String> = Vec::new();
+    let mut offered: HashSet<Vec<u8>> = HashSet::new();
+    let (keys, mut configured_public_keys) = collect_keys(config, endpoint, &mut tried);
+    let auth_error = |e: russh::Error| SshError::Disconnected {
+        host: endpoint.label.clone(),
+        during: format!("while authenticating as {user}"),
+        cause: e.to_string(),
+    };
+
+    let mut rsa_hash = None;
+    for offered_key in keys {
+        let public = offered_key.key.public_key().clone();
+        configured_public_keys.push(public.clone());
+        if !offered.insert(public_key_bytes(&public)) {
+            continue;
+        }
+        if offered_key.key.algorithm().is_rsa() && rsa_hash.is_none() {
+            rsa_hash = Some(handle.best_supported_rsa_hash().await.map_err(auth_error)?.flatten());
+        }
+        let hash = if offered_key.key.algorithm().is_rsa() { rsa_hash.flatten() } else { None };
+        let result = handle
+            .authenticate_publickey(user, PrivateKeyWithHashAlg::new(Arc::clone(&offered_key.key), hash))
+            .await
+            .map_err(auth_error)?;
+        if result.success() {
+            return Ok(());
+        }
+        tried.push(format!("{} ({}): refused by the host", offered_key.source, known_hosts::fingerprint(&public)));
+        if !publickey_still_allowed(&result) || handle.is_closed() {
+            return Err(SshError::Auth { user: user.into(), host: endpoint.label.clone(), tried });
+        }
+    }
+
+    if config.use_agent {
+        match agent_socket(config) {
+            None => tried.push("the agent: SSH_AUTH_SOCK is not set".into()),
+            Some(socket) => {
+                let only: Option<&[PublicKey]> = config.keys_only.then_some(configured_public_keys.as_slice());
+                if try_agent(handle, endpoint, &socket, only, &mut offered, &mut tried).await? {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    Err(SshError::Auth { user: user.into(), host: endpoint.label.clone(), tried })
+}
+
+fn publickey_still_allowed(result: &client::AuthResult) -> bool {
+    match result {
+        client::AuthResult::Success => true,
+        client::AuthResult::Failure { remaining_methods, .. } => remaining_methods.contains(&MethodKind::PublicKey),
+    }
+}
+
+fn public_key_bytes(key: &PublicKey) -> Vec<u8> {
+    key.to_bytes().unwrap_or_default()
+}
+
+/// The private keys to offer, and the public halves of configured keys that could not be loaded (an encrypted
+/// key file whose `.pub` is next to it: with `keys_only`, the agent may still sign with it).
+fn collect_keys(config: &SshConfig, endpoint: &Endpoint, tried: &mut Vec<String>) -> (Vec<OfferedKey>, Vec<PublicKey>) {
+    let mut keys = Vec::new();
+    let mut public_only = Vec::new();
+    for (index, pem) in config.key_data.iter().enumerate() {
+        let source = format!("key_data #{}", index + 1);
+        match russh::keys::decode_secret_key(pem, None) {
+            Ok(key) => keys.push(OfferedKey { source, key: Arc::new(key) }),
+            Err(russh::keys::Error::KeyIsEncrypted) => {
+                tried.push(format!("{source}: encrypted with a passphrase (load it into an agent instead)"))
+            }
+            Err(e) => tried.push(format!("{source}: not a private key berth can read ({e})")),
+        }
+    }
+    let mut files: Vec<PathBuf> = config.keys.clone();
+    files.extend(endpoint.identity_files.iter().cloned());
+    let explicit = !files.is_empty() || !config.key_data.is_empty();
+    if !explicit && !config.keys_only {
+        files = default_identity_files(std::env::home_dir().as_deref());
+    }
+    let mut seen = HashSet::new();
+    for file in files.into_iter().filter(|f| seen.insert(f.clone())) {
+        let source = file.display().to_string();
+        match russh::keys::load_secret_key(&file, None) {
+            Ok(key) => keys.push(OfferedKey { source, key: Arc::new(key) }),
+            Err(russh::keys::Error::KeyIsEncrypted) => {
+                tried.push(format!("{source}: encrypted with a passphrase (load it into an agent instead)"));
+                if let Ok(public) = russh::keys::load_public_key(public_key_path(&file)) {
+                    public_only.push(public);
+                }
+            }
+            Err(russh::keys::Error::IO(e)) => tried.push(format!("{source}: cannot read ({e})")),
+            Err(e) => tried.push(format!("{source}: not a private key berth can read ({e})")),
+        }
+    }
+    (keys, public_only)
+}
+
+fn public_key_path(private: &Path) -> PathBuf {
+    let mut name = private.as_os_str().to_owned();
+    name.push(".pub");
+    PathBuf::from(name)
+}
+
+fn agent_socket(config: &SshConfig) -> Option<PathBuf> {
+    config
+        .agent_socket
+        .clone()
+        .or_else(|| std::env::var_os("SSH_AUTH_SOCK").filter(|s| !s.is_empty()).map(PathBuf::from))
+}
+
+/// Offers the agent's keys (only those in `only`, with `keys_only`). `Ok(true)` once one is accepted.
+async fn try_agent(
+    handle: &mut Handle<HostKeyCheck>,
+    endpoint: &Endpoint,
+    socket: &Path,
+    only: Option<&[PublicKey]>,
+    offered: &mut HashSet<Vec<u8>>,
+    tried: &mut Vec<String>,
+) -> Result<bool, SshError> {
+    let user = endpoint.user.as_str();
+    let where_ = socket.display();
+    let mut agent = match AgentClient::connect_uds(socket).await {
+        Ok(agent) => agent,
+        Err(e) => {
+            tried.push(format!("the agent at {where_}: cannot connect ({e})"));
+            return Ok(false);
+        }
+    };
+    let identities = match agent.request_identities().await {
+        Ok(identities) => identities,
+        Err(e) => {
+            tried.push(format!("the agent at {where_}: cannot list its keys ({e})"));
+            return Ok(false);
+        }
+    };
+    let mut offered_any = false;
+    for identity in identities {
+        let AgentIdentity::PublicKey { key, comment } = identity else { continue };
+        if only.is_some_and(|allowed| !allowed.iter().any(|k| k.key_data() == key.key_data())) {
+            continue;
+        }
+        if !offered.insert(public_key_bytes(&key)) {
+            continue;
+        }
+        offered_any = true;
+        let hash = if key.algorithm().is_rsa() {
+            handle.best_supported_rsa_hash().await.ok().flatten().flatten()
+        } else {
+            None
+        };
+        let described = format!("the agent's key {comment} ({})", known_hosts::fingerprint(&key));
+        match handle.authenticate_publickey_with(user, key, hash, &mut agent).await {
+            Ok(result) if result.success() => return Ok(true),
+            Ok(result) => {
+                tried.push(format!("{described}: refused by the host"));
+                if !publickey_still_allowed(&result) || handle.is_closed() {
+                    return Ok(false);
+                }
+            }
+            Err(e) => tried.push(format!("{described}: the agent did not sign ({e:?})")),
+        }
+    }
+    if !offered_any {
+        let filter = if only.is_some() { " matching the configured keys (keys_only)" } else { "" };
+        tried.push(format!("the agent at {where_}: no keys{filter}"));
+    }
+    Ok(false)
+}
