@@ -169,6 +169,7 @@ fn with_clear_env(cmd: Cmd, clear: &IndexMap<String, String>) -> Cmd {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::commands::{accessory, app, auditor, builder, lock, proxy, prune, server, test_config};
 
     #[test]
     fn key_values_quote_like_kamal_and_blank_values_give_the_bare_key() {
@@ -203,5 +204,91 @@ mod tests {
     #[test]
     fn commands_split_like_a_shell() {
         assert_eq!(command_words("bin/jobs --queue 'a b'"), ["bin/jobs", "--queue", "a b"]);
+    }
+
+    /// Every builder's script is valid shell, for a config with destinations, tags, assets and odd values.
+    #[test]
+    fn every_script_parses_as_shell() {
+        let config = test_config::config_with_destination(
+            "servers:\n  web:\n    hosts:\n      - 1.1.1.1: tag1\n    cmd: bin/web --name 'a b'\n  jobs:\n    hosts: [1.1.1.2]\n    options:\n      add-host: [\"x:1.2.3.4\"]\nasset_path: /public/assets\nerror_pages_path: public\nenv:\n  clear:\n    WEIRD: \"it's $HOME `id` \\\" ${HOST_TOKEN}\"\n  tags:\n    tag1: {T: x}\nproxy:\n  host: a.example.com\n  path_prefix: /api\naccessories:\n  db:\n    image: mysql:8\n    host: 1.1.1.5\n    port: 3306\n    directories: [data:/var/lib/mysql]\n    files: [config/my.cnf:/etc/my.cnf]\n",
+            "staging",
+        );
+        let web = config.role("web").unwrap();
+        let jobs = config.role("jobs").unwrap();
+        let db = &config.accessories[0];
+        let log_options = app::LogOptions {
+            since: Some("5m".into()),
+            lines: Some(10),
+            grep: Some("it's".into()),
+            grep_options: Some("-C 2".into()),
+            timestamps: true,
+            follow: false,
+            container_id: None,
+        };
+        let no_env = IndexMap::new();
+        let command = vec!["echo".to_string(), "a b".to_string()];
+        let proxy_run = proxy::ProxyRun::default();
+        let lock_details = lock::LockDetails {
+            locked_by: "Me".into(),
+            locked_at: "2026-11-26T00:00:00Z".into(),
+            version: "999".into(),
+            message: "it's mine".into(),
+        };
+        let mut scripts = vec![
+            app::run(&config, web, "1.1.1.1", "999", "0123456789ab"),
+            app::run(&config, jobs, "1.1.1.2", "999", "0123456789ab"),
+            app::stop(&config, web, None),
+            app::stop(&config, jobs, Some("999")),
+            app::current_running_version(&config, web),
+            app::list_versions(&config, web, &["running"]),
+            app::status(&config, web, "999"),
+            app::logs(&config, web, &log_options),
+            app::execute_in_new_container(
+                &config,
+                web,
+                "1.1.1.1",
+                "999",
+                &command,
+                &no_env,
+                app::ExecMode::Attached,
+                "abc123",
+            ),
+            app::execute_in_existing_container(&config, web, "999", &command, &no_env, true),
+            app::extract_assets(&config, web, "999", "/public/assets"),
+            app::sync_asset_volumes(&config, web, "999", Some("998")),
+            app::clean_up_assets(&config, web, "999"),
+            app::clean_up_error_pages(&config, "999"),
+            proxy::deploy(
+                &config,
+                "app-web-staging",
+                web.proxy.as_ref().unwrap(),
+                "abc",
+                "999",
+                proxy::TlsOwner::Role("web"),
+            ),
+            proxy::stop("app-web-staging", Some(5), Some("Back at 5 o'clock")),
+            proxy::start_or_run(proxy::run(&proxy_run, &proxy_run.image())),
+            proxy::start_or_run(proxy::run_from_legacy_boot_config()),
+            proxy::ensure_network(),
+            proxy::version(),
+            accessory::run(&config, db, "1.1.1.5"),
+            accessory::make_directories(db).unwrap(),
+            accessory::logs(db, &log_options),
+            lock::acquire(&config, &lock_details),
+            lock::status(&config),
+            prune::tagged_images(&config),
+            prune::app_containers(&config, 5),
+            auditor::record(&config, "2026-11-26T00:00:00Z", "me", &["web"], "it's \"done\" $now"),
+            server::install_docker(),
+            server::superuser(),
+            server::add_user_to_docker_group(),
+            builder::push(&config, "999", "amd64", true, "."),
+            builder::validate_image(&config, "999"),
+        ];
+        scripts.extend(builder::create(&config, "amd64"));
+        for cmd in scripts {
+            let status = std::process::Command::new("sh").arg("-n").arg("-c").arg(cmd.script()).status().unwrap();
+            assert!(status.success(), "not valid shell: {cmd}");
+        }
     }
 }

@@ -305,6 +305,8 @@ pub enum ExecMode {
     Attached,
     /// `docker run -it --rm`, with a terminal (the engine gives the SSH channel a pty).
     Interactive,
+    /// `docker run -i --rm`: stdin piped in without a terminal (Kamal's `-i` when its stdin is not a tty).
+    Piped,
     /// `docker run --detach`, left running.
     Detached,
 }
@@ -326,6 +328,7 @@ pub fn execute_in_new_container(
     cmd = match mode {
         ExecMode::Attached => cmd.arg("--rm"),
         ExecMode::Interactive => cmd.args(["-it", "--rm"]),
+        ExecMode::Piped => cmd.args(["-i", "--rm"]),
         ExecMode::Detached => cmd.arg("--detach"),
     };
     cmd = cmd.arg("--name").arg(names::exec_container_name(config, &role.name, version, random_hex));
@@ -539,6 +542,20 @@ mod tests {
     }
 
     #[test]
+    fn versions_are_container_names_without_the_prefix() {
+        let config = config_with_destination(TWO_ROLES, "staging");
+        let web = config.role("web").unwrap();
+        // `docker ps` with an ancestor filter finds nothing (no latest image yet); the plain one finds a container.
+        let fake = "case \"$*\" in\n  *ancestor=*) ;;\n  'image ls'*) echo sha ;;\n  ps*) echo app-web-staging-abc_uncommitted_1 ;;\nesac";
+        let out =
+            crate::commands::test_config::run_with_fake_docker(current_running_version(&config, web).script(), fake);
+        assert_eq!(out, "abc_uncommitted_1\n");
+        let fake = "echo app-web-staging-v1; echo app-web-staging-v2";
+        let out = crate::commands::test_config::run_with_fake_docker(list_versions(&config, web, &[]).script(), fake);
+        assert_eq!(out, "v1\nv2\n");
+    }
+
+    #[test]
     fn list_versions_and_containers() {
         let config = config(TWO_ROLES);
         let web = config.role("web").unwrap();
@@ -682,6 +699,17 @@ mod tests {
             "a1b2c3",
         );
         assert!(cmd.script().starts_with("docker run --detach --name app-web-exec-999-a1b2c3 "), "{cmd}");
+        let cmd = super::execute_in_new_container(
+            &config,
+            web,
+            "1.1.1.1",
+            "999",
+            &words(&["x"]),
+            &IndexMap::new(),
+            ExecMode::Piped,
+            "a1b2c3",
+        );
+        assert!(cmd.script().starts_with("docker run -i --rm --name app-web-exec-999-a1b2c3 "), "{cmd}");
     }
 
     #[test]

@@ -71,19 +71,10 @@ mod tests {
     #[test]
     fn the_tagged_images_pattern_keeps_used_and_latest_tags() {
         let config = config("servers: [1.1.1.1]\n");
-        // Run the grep against a fake `docker`: image ls lists four tags, container ls says one is in use.
-        let dir = tempfile::tempdir().unwrap();
-        let fake = "#!/bin/sh\ncase \"$1\" in\n  image) printf 'i1 dhh/app:1\\ni2 dhh/app:2\\ni3 dhh/app:latest\\ni4 dhh/app:latest-staging\\n' ;;\n  container) printf 'dhh/app:2\\\\|\\n' ;;\n  rmi) echo \"removed $2\" ;;\nesac\n";
-        std::fs::write(dir.path().join("docker"), fake).unwrap();
-        std::process::Command::new("chmod").arg("+x").arg(dir.path().join("docker")).status().unwrap();
-        let path = format!("{}:{}", dir.path().display(), std::env::var("PATH").unwrap_or_default());
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(tagged_images(&config).script())
-            .env("PATH", path)
-            .output()
-            .unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "removed dhh/app:1\n");
+        // A fake `docker`: image ls lists four tags, container ls says one is in use.
+        let fake = "case \"$1\" in\n  image) printf 'i1 dhh/app:1\\ni2 dhh/app:2\\ni3 dhh/app:latest\\ni4 dhh/app:latest-staging\\n' ;;\n  container) printf 'dhh/app:2\\\\|\\n' ;;\n  rmi) echo \"removed $2\" ;;\nesac";
+        let out = crate::commands::test_config::run_with_fake_docker(tagged_images(&config).script(), fake);
+        assert_eq!(out, "removed dhh/app:1\n");
     }
 
     #[test]

@@ -32,3 +32,15 @@ pub fn load(yaml: &str, destination: Option<&str>) -> Config {
     let env = Environment::from_vars(Vec::<(String, String)>::new(), dir.path());
     Config::load(&options, &env).unwrap_or_else(|e| panic!("test config does not load: {e}"))
 }
+
+/// Runs `script` with `sh` where `docker` is a fake: a shell script with body `fake_docker` (it sees the real
+/// arguments as `$@`). Returns stdout.
+pub fn run_with_fake_docker(script: &str, fake_docker: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("docker");
+    std::fs::write(&fake, format!("#!/bin/sh\n{fake_docker}\n")).unwrap();
+    std::process::Command::new("chmod").arg("+x").arg(&fake).status().unwrap();
+    let path = format!("{}:{}", dir.path().display(), std::env::var("PATH").unwrap_or_default());
+    let output = std::process::Command::new("sh").arg("-c").arg(script).env("PATH", path).output().unwrap();
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
