@@ -203,7 +203,8 @@ impl LineSink for DiscardLines {
     fn line(&self, _host: &str, _stream: OutputStream, _line: &str) {}
 }
 
-/// The connections to every host, shared by all clones.
+/// The connections to every host, shared by all clones. Connections run on the tokio runtime that opened them:
+/// use one pool within one runtime.
 #[derive(Clone)]
 pub struct SshPool {
     shared: Arc<PoolShared>,
@@ -380,6 +381,8 @@ impl SshPool {
 
 /// `mkdir -p DIR && (umask 077 && cat > TMP) && chmod MODE TMP && mv -f TMP PATH`, removing TMP on failure.
 fn write_file_command(remote_path: &str, mode: u32) -> Cmd {
+    // Commands run in the login directory, so `~/x` is `x` (a quoted `~` would not expand).
+    let remote_path = remote_path.strip_prefix("~/").unwrap_or(remote_path);
     let mut suffix = [0u8; 6];
     let _ = getrandom::fill(&mut suffix);
     let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
@@ -446,6 +449,7 @@ mod tests {
         assert!(script.contains("&& chmod 600 "), "{script}");
         assert!(script.contains(" && mv -f "), "{script}");
         assert!(!write_file_command("plain", 0o644).script().contains("mkdir"));
+        assert!(write_file_command("~/.kamal/x", 0o644).script().starts_with("mkdir -p .kamal && "));
     }
 
     #[test]

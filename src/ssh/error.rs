@@ -124,6 +124,9 @@ fn host_without_port(known_hosts_name: &str) -> &str {
 /// A hint for a failed TCP connect, from the I/O error kind.
 pub(crate) fn connect_hint(error: &std::io::Error) -> String {
     use std::io::ErrorKind;
+    if error.to_string().contains("lookup address") {
+        return "The host name does not resolve: check it, and the DNS server this machine uses.".into();
+    }
     match error.kind() {
         ErrorKind::ConnectionRefused => "Nothing listens on that port: is sshd running, and is ssh.port right?".into(),
         ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => {

@@ -119,6 +119,19 @@ fn commands_run_with_output_status_stdin_and_streamed_lines_over_one_connection(
     let pool = SshPool::new(bench_config(&bench));
     let before = accepted_connections(&bench, host);
     block_on(async {
+        // What a connection and a command cost (printed for the record; run with --nocapture to see).
+        let started = Instant::now();
+        ok(pool.run(&host.ip, &sh("true"), &DiscardLines).await);
+        let connecting = started.elapsed();
+        let started = Instant::now();
+        for _ in 0..10 {
+            ok(pool.run(&host.ip, &sh("true"), &DiscardLines).await);
+        }
+        eprintln!(
+            "first command (connect + auth + run): {connecting:?}; then per command: {:?}",
+            started.elapsed() / 10
+        );
+
         // Exit status, and stdout/stderr kept apart, each in order.
         let lines = RecordedLines::default();
         let script = "for i in 1 2 3; do echo out$i; echo err$i >&2; done; printf 'no newline'; exit 3";
