@@ -12,8 +12,12 @@ use crate::secrets::Secrets;
 
 /// A secret the env names that the lookup could not find.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("secret {secret} (for env {env_name}) not found in the secrets files: add `{secret}=…` to .kamal/secrets")]
+#[error(
+    "secret {secret} (for {env_name}) is not in the secrets files: add `{secret}=…` to .kamal/secrets \
+     (or .kamal/secrets.<destination>)"
+)]
 pub struct MissingSecret {
+    /// What needs it: the env var, or `registry/password`.
     pub env_name: String,
     pub secret: String,
 }
