@@ -19,6 +19,9 @@ PACKAGES=(
     util-linux     # nsenter, unshare
     procps         # ps, for diagnostics
     curl           # readiness probes, test requests
+    nginx          # the proxy benchmark's comparison proxy and its 64-byte backend (bench/proxy)
+    wrk            # the proxy benchmark's load tool
+    pebble         # a local ACME server for the proxy's certificate tests
 )
 
 die() {

@@ -10,3 +10,5 @@ mod kamal_corpus;
 mod cli_config;
 // The SSH executor against real sshd: output, stdin, one connection per host, host keys, jump hosts, agent.
 mod ssh;
+// The berth proxy (run as `kamal-proxy`): deploys under load, routing, restore, WebSocket/SSE, TLS.
+mod proxy;

@@ -1,0 +1,780 @@
+//! One request's trip through the proxy: route, pause gate, claim a target, rewrite headers, forward
+//! (buffered or streamed, WebSocket upgrades tunnelled), and map failures to 404/413/502/503/504.
+
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+
+use super::observability::{self, AccessLogLine, Metrics, method_index};
+use super::router::{Admission, Router, Service, TargetGroup};
+use super::target::{BoxError, InFlight, Target, UpstreamBody, UpstreamError, buffer_body};
+
+/// What the request path shares: the routing table, metrics and listener facts.
+pub struct Shared {
+    pub router: Arc<Router>,
+    pub metrics: Arc<Metrics>,
+    pub access_log: bool,
+    /// The HTTPS port redirects point to.
+    pub https_port: u16,
+    /// Longest wait for a request body when buffering it.
+    pub body_read_timeout: Duration,
+}
+
+/// Facts about the client connection a request arrived on.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionInfo {
+    pub client: SocketAddr,
+    pub local_port: u16,
+    pub tls: bool,
+}
+
+/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1, as Go's ReverseProxy drops).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_REQUEST_START: HeaderName = HeaderName::from_static("x-request-start");
+
+/// How many times a request retries when its target started draining between lookup and claim.
+const CLAIM_ATTEMPTS: usize = 8;
+
+/// Handles one request; never fails (errors become error pages).
+pub async fn handle(
+    shared: Arc<Shared>,
+    connection: ConnectionInfo,
+    request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let request_id = match request.headers().get(&X_REQUEST_ID) {
+        Some(id) => id.clone(),
+        None => new_request_id(),
+    };
+    let mut record = RequestRecord::new(&request, connection, started, request_id.clone());
+    let response = route_and_forward(&shared, connection, request, request_id, &mut record).await;
+    if let Some(service) = record.service_id {
+        shared.metrics.request_finished(service, record.method, response.status().as_u16(), started.elapsed());
+    }
+    if shared.access_log {
+        record.log(&response);
+    }
+    Ok(response)
+}
+
+async fn route_and_forward(
+    shared: &Shared,
+    connection: ConnectionInfo,
+    mut request: Request<Incoming>,
+    request_id: HeaderValue,
+    record: &mut RequestRecord,
+) -> Response<ProxyBody> {
+    let path = request.uri().path();
+    if !connection.tls
+        && let Some(token) = path.strip_prefix("/.well-known/acme-challenge/")
+        && let Some(answer) = shared.router.certs.acme.http01_response(token)
+    {
+        return text_response(StatusCode::OK, Bytes::from(answer));
+    }
+    let mut attempts = 0;
+    let (service, claim) = loop {
+        attempts += 1;
+        let (service, redirect_to_https) = {
+            let table = shared.router.table();
+            match table.find(&record.host, request.uri().path()) {
+                Some(route) => (Arc::clone(&route.service), route.redirect_to_https),
+                None => return page(None, StatusCode::NOT_FOUND, None),
+            }
+        };
+        if record.service_id.is_none() {
+            record.service_id = Some(service.id);
+            record.service = service.name.clone();
+            shared.metrics.request_started(service.id);
+        }
+        if redirect_to_https && !connection.tls {
+            return redirect(&format!(
+                "https://{}{}{}",
+                host_without_port(&record.host),
+                port_suffix(shared.https_port),
+                path_and_query(request.uri())
+            ));
+        }
+        if let Some(canonical) = &service.options.canonical_host
+            && host_without_port(&record.host) != canonical
+        {
+            let scheme = if connection.tls || redirect_to_https { "https" } else { "http" };
+            return redirect(&format!("{scheme}://{canonical}{}", path_and_query(request.uri())));
+        }
+        if !service.pause.is_running() {
+            let is_health_check = matches!(*request.method(), Method::GET | Method::HEAD)
+                && request.uri().path() == service.options.health_check.path;
+            if is_health_check {
+                return text_response(StatusCode::OK, Bytes::from_static(b"OK"));
+            }
+            match service.pause.admit().await {
+                Admission::Proceed => {}
+                Admission::Stopped(message) => {
+                    return page(Some(&service), StatusCode::SERVICE_UNAVAILABLE, Some(&message));
+                }
+                Admission::PauseExpired => return page(Some(&service), StatusCode::GATEWAY_TIMEOUT, None),
+            }
+            if attempts < CLAIM_ATTEMPTS {
+                continue;
+            }
+        }
+        let group = choose_group(&service, request.headers());
+        if !group.is_admitted() && !group.wait_admitted().await {
+            return page(
+                Some(&service),
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("The service is starting; try again shortly."),
+            );
+        }
+        match group.pick().try_claim() {
+            Some(claim) => break (service, claim),
+            None if attempts < CLAIM_ATTEMPTS => continue,
+            None => return page(Some(&service), StatusCode::SERVICE_UNAVAILABLE, None),
+        }
+    };
+    let target = Arc::clone(claim.target());
+    record.target = target.address.clone();
+    record.note_request_headers(&service.options.log_request_headers, request.headers());
+    record.log_response_headers = service.options.log_response_headers.clone();
+    target.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+
+    let wants_upgrade = is_upgrade_request(request.headers());
+    let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut request));
+    let options = &service.options;
+    let upstream_request = match build_upstream_request(shared, connection, request, &service, request_id, record).await
+    {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+
+    let send = send_upstream(&target, upstream_request);
+    let timed = tokio::time::timeout(options.target_timeout, send);
+    let outcome = tokio::select! {
+        biased;
+        outcome = timed => outcome,
+        () = target.requests_cancelled() => return page(Some(&service), StatusCode::GATEWAY_TIMEOUT, None),
+    };
+    let (mut response, sender) = match outcome {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(error)) => {
+            record.error = Some(error.to_string());
+            return page(Some(&service), StatusCode::BAD_GATEWAY, None);
+        }
+        Err(_) => {
+            record.error = Some(format!("no response headers within {:?}", options.target_timeout));
+            return page(Some(&service), StatusCode::GATEWAY_TIMEOUT, None);
+        }
+    };
+
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_upgrade) = client_upgrade
+    {
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        tokio::spawn(tunnel(claim, client_upgrade, upstream_upgrade));
+        let (parts, _) = response.into_parts();
+        return Response::from_parts(parts, ProxyBody::empty());
+    }
+
+    strip_hop_by_hop(response.headers_mut(), false);
+    let is_stream = is_streaming_response(response.headers());
+    if options.buffer_responses && !is_stream {
+        let (parts, body) = response.into_parts();
+        let limit = if options.max_response_body > 0 { options.max_response_body } else { options.buffer_memory };
+        return match buffer_body(body, limit).await {
+            Ok((head, None)) => {
+                if let Some(sender) = sender {
+                    target.checkin(sender);
+                }
+                drop(claim);
+                Response::from_parts(parts, ProxyBody::full(head))
+            }
+            Ok((_, Some(_))) if options.max_response_body > 0 => {
+                record.error = Some(format!("response body over --max-response-body ({})", options.max_response_body));
+                page(Some(&service), StatusCode::INTERNAL_SERVER_ERROR, None)
+            }
+            Ok((head, Some(rest))) => Response::from_parts(parts, ProxyBody::upstream(rest, Some(head), claim, sender)),
+            Err(error) => {
+                record.error = Some(error.to_string());
+                page(Some(&service), StatusCode::BAD_GATEWAY, None)
+            }
+        };
+    }
+    let (parts, body) = response.into_parts();
+    Response::from_parts(parts, ProxyBody::upstream(body, None, claim, sender))
+}
+
+/// The rollout slot when the request's `kamal-rollout` cookie is selected by the split, else the active one.
+fn choose_group<'a>(service: &'a Service, headers: &HeaderMap) -> &'a Arc<TargetGroup> {
+    if let (Some(rollout), Some(split)) = (&service.rollout, &service.rollout_split) {
+        for cookies in headers.get_all(header::COOKIE) {
+            let Ok(cookies) = cookies.to_str() else { continue };
+            for cookie in cookies.split(';') {
+                if let Some(value) = cookie.trim().strip_prefix("kamal-rollout=")
+                    && split.selects(value)
+                {
+                    return rollout;
+                }
+            }
+        }
+    }
+    &service.active
+}
+
+async fn build_upstream_request(
+    shared: &Shared,
+    connection: ConnectionInfo,
+    request: Request<Incoming>,
+    service: &Service,
+    request_id: HeaderValue,
+    record: &mut RequestRecord,
+) -> Result<Request<UpstreamBody>, Response<ProxyBody>> {
+    let options = &service.options;
+    let (mut parts, body) = request.into_parts();
+    let wants_upgrade = is_upgrade_request(&parts.headers);
+    strip_hop_by_hop(&mut parts.headers, wants_upgrade);
+    if wants_upgrade {
+        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    let headers = &mut parts.headers;
+    if headers.get(header::HOST).is_none()
+        && let Ok(host) = HeaderValue::from_str(&record.host)
+    {
+        headers.insert(header::HOST, host);
+    }
+    let trust = options.trusts_forwarded_headers();
+    let client_ip = connection.client.ip().to_string();
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(existing) if trust => format!("{existing}, {client_ip}"),
+        _ => client_ip,
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+    if !(trust && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if connection.tls { "https" } else { "http" }));
+    }
+    if !(trust && headers.contains_key(&X_FORWARDED_HOST))
+        && let Ok(host) = HeaderValue::from_str(&record.host)
+    {
+        headers.insert(X_FORWARDED_HOST, host);
+    }
+    headers.insert(X_REQUEST_ID, request_id);
+    if !headers.contains_key(&X_REQUEST_START) {
+        let millis = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+        if let Ok(value) = HeaderValue::from_str(&format!("t={millis}")) {
+            headers.insert(X_REQUEST_START, value);
+        }
+    }
+
+    let path = parts.uri.path();
+    let prefix = shared
+        .router
+        .table()
+        .find(&record.host, path)
+        .filter(|route| route.service.name == service.name)
+        .map(|route| route.prefix.clone());
+    let upstream_path = match prefix {
+        Some(prefix) if options.strip_path_prefix && prefix != "/" => {
+            let rest = &path[prefix.len().min(path.len())..];
+            if rest.is_empty() { "/".to_string() } else { rest.to_string() }
+        }
+        _ => path.to_string(),
+    };
+    let path_and_query = match parts.uri.query() {
+        Some(query) => format!("{upstream_path}?{query}"),
+        None => upstream_path,
+    };
+    parts.uri = match Uri::builder().path_and_query(path_and_query).build() {
+        Ok(uri) => uri,
+        Err(_) => return Err(page(Some(service), StatusCode::BAD_REQUEST, None)),
+    };
+    parts.version = Version::HTTP_11;
+
+    let body = if body.is_end_stream() {
+        UpstreamBody::Empty
+    } else if options.buffer_requests {
+        let limit = if options.max_request_body > 0 { options.max_request_body } else { options.buffer_memory };
+        match tokio::time::timeout(shared.body_read_timeout, buffer_body(body, limit)).await {
+            Ok(Ok((head, None))) => {
+                parts.headers.remove(header::TRANSFER_ENCODING);
+                parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(head.len()));
+                UpstreamBody::Full(Some(head))
+            }
+            Ok(Ok((_, Some(_)))) if options.max_request_body > 0 => {
+                return Err(page(Some(service), StatusCode::PAYLOAD_TOO_LARGE, None));
+            }
+            Ok(Ok((head, Some(rest)))) => UpstreamBody::Stream { head: Some(head), rest },
+            Ok(Err(error)) => {
+                record.error = Some(format!("reading the request body: {error}"));
+                return Err(page(Some(service), StatusCode::BAD_REQUEST, None));
+            }
+            Err(_) => {
+                record.error = Some("request body not received in time".to_string());
+                return Err(page(Some(service), StatusCode::REQUEST_TIMEOUT, None));
+            }
+        }
+    } else {
+        UpstreamBody::Stream { head: None, rest: body }
+    };
+    Ok(Request::from_parts(parts, body))
+}
+
+/// Sends on a pooled connection; a request the pool's connection could not take (it had just closed) is
+/// retried once on a fresh connection, which is safe because it never reached the target.
+async fn send_upstream(
+    target: &Target,
+    request: Request<UpstreamBody>,
+) -> Result<(Response<Incoming>, Option<SendRequest<UpstreamBody>>), UpstreamError> {
+    let is_upgrade = request.headers().contains_key(header::UPGRADE);
+    let mut sender = target.checkout().await?;
+    let response = match sender.try_send_request(request).await {
+        Ok(response) => response,
+        Err(mut error) => match error.take_message() {
+            Some(request) => {
+                sender = target.connect().await?;
+                sender.send_request(request).await.map_err(UpstreamError::Request)?
+            }
+            None => return Err(UpstreamError::Request(error.into_error())),
+        },
+    };
+    // An upgraded connection belongs to its tunnel; it never goes back to the pool.
+    Ok((response, (!is_upgrade).then_some(sender)))
+}
+
+/// Pipes an upgraded (WebSocket) connection both ways until either side closes or a drain closes it.
+async fn tunnel(claim: InFlight, client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let cancelled = claim.target().upgrades_cancelled();
+    let (Ok(client), Ok(upstream)) = futures_util::future::join(client, upstream).await else { return };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+        () = cancelled => {}
+    }
+    drop(claim);
+}
+
+fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
+}
+
+/// SSE and other open-ended streams are never buffered (kamal-proxy#46).
+fn is_streaming_response(headers: &HeaderMap) -> bool {
+    let event_stream = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    event_stream || !headers.contains_key(header::CONTENT_LENGTH)
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    if let Some(connection) = headers.get(header::CONNECTION).and_then(|v| v.to_str().ok()) {
+        let named: Vec<HeaderName> = connection
+            .split(',')
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .filter(|name| !(keep_upgrade && name == header::UPGRADE))
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if !keep_upgrade {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+fn host_without_port(host: &str) -> &str {
+    host.rsplit_once(':').filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h)
+}
+
+fn port_suffix(port: u16) -> String {
+    if port == 443 { String::new() } else { format!(":{port}") }
+}
+
+fn path_and_query(uri: &Uri) -> &str {
+    uri.path_and_query().map_or("/", |pq| pq.as_str())
+}
+
+fn redirect(location: &str) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::empty());
+    *response.status_mut() = StatusCode::MOVED_PERMANENTLY;
+    if let Ok(location) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+fn text_response(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+/// The proxy's own HTML page for `status` (the service's custom page when it has one).
+fn page(service: Option<&Service>, status: StatusCode, message: Option<&str>) -> Response<ProxyBody> {
+    let body = match service {
+        Some(service) => service.pages.render(status, message),
+        None => super::pages::builtin(status, message.unwrap_or("")),
+    };
+    let mut response = Response::new(ProxyBody::full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// A response body: the proxy's own (full) or a target's, streamed through while holding its claim.
+pub enum ProxyBody {
+    Full(Option<Bytes>),
+    Upstream(Box<UpstreamResponse>),
+}
+
+/// A target's response body, with the request's claim on the target and the connection to return.
+pub struct UpstreamResponse {
+    head: Option<Bytes>,
+    body: Incoming,
+    claim: Option<InFlight>,
+    sender: Option<SendRequest<UpstreamBody>>,
+    cancelled: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl ProxyBody {
+    pub fn empty() -> ProxyBody {
+        ProxyBody::Full(None)
+    }
+
+    pub fn full(data: Bytes) -> ProxyBody {
+        ProxyBody::Full(if data.is_empty() { None } else { Some(data) })
+    }
+
+    fn upstream(
+        body: Incoming,
+        head: Option<Bytes>,
+        claim: InFlight,
+        sender: Option<SendRequest<UpstreamBody>>,
+    ) -> ProxyBody {
+        let mut upstream = UpstreamResponse { head, body, claim: Some(claim), sender, cancelled: None };
+        if upstream.head.is_none() && upstream.body.is_end_stream() {
+            upstream.finish();
+        }
+        ProxyBody::Upstream(Box::new(upstream))
+    }
+}
+
+impl UpstreamResponse {
+    /// The body was read to its end: the connection can serve another request, and the request is done.
+    fn finish(&mut self) {
+        if let (Some(sender), Some(claim)) = (self.sender.take(), self.claim.as_ref()) {
+            claim.target().checkin(sender);
+        }
+        self.claim = None;
+    }
+}
+
+impl Drop for UpstreamResponse {
+    fn drop(&mut self) {
+        if self.body.is_end_stream() {
+            self.finish();
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let upstream = match self.get_mut() {
+            ProxyBody::Full(data) => return Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ProxyBody::Upstream(upstream) => upstream,
+        };
+        if let Some(head) = upstream.head.take() {
+            return Poll::Ready(Some(Ok(Frame::data(head))));
+        }
+        match Pin::new(&mut upstream.body).poll_frame(cx) {
+            Poll::Ready(None) => {
+                upstream.finish();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if upstream.body.is_end_stream() {
+                    upstream.finish();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => {
+                upstream.sender = None;
+                upstream.claim = None;
+                Poll::Ready(Some(Err(error.into())))
+            }
+            Poll::Pending => {
+                // A body still streaming when its target's drain times out is cut; the cancellation
+                // future is only created for bodies that actually wait.
+                let Some(claim) = &upstream.claim else { return Poll::Pending };
+                let cancelled = upstream.cancelled.get_or_insert_with(|| Box::pin(claim.target().requests_cancelled()));
+                if cancelled.as_mut().poll(cx).is_ready() || claim.target().is_cancelled() {
+                    upstream.sender = None;
+                    upstream.claim = None;
+                    return Poll::Ready(Some(Err("response cut: the target's drain timed out".into())));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Full(data) => data.is_none(),
+            ProxyBody::Upstream(upstream) => upstream.head.is_none() && upstream.body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            ProxyBody::Upstream(upstream) => {
+                let head = upstream.head.as_ref().map_or(0, |h| h.len() as u64);
+                let rest = upstream.body.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + head);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + head);
+                }
+                hint
+            }
+        }
+    }
+}
+
+/// What the access log and metrics need to know about a request, gathered along the way.
+struct RequestRecord {
+    started: Instant,
+    host: String,
+    path: String,
+    query: String,
+    method: u8,
+    method_name: String,
+    proto: &'static str,
+    connection: ConnectionInfo,
+    request_id: HeaderValue,
+    req_content_length: u64,
+    req_content_type: String,
+    user_agent: String,
+    remote_addr: String,
+    service_id: Option<u32>,
+    service: String,
+    target: String,
+    error: Option<String>,
+    extra: std::collections::BTreeMap<String, String>,
+    log_response_headers: Vec<String>,
+}
+
+impl RequestRecord {
+    fn new(
+        request: &Request<Incoming>,
+        connection: ConnectionInfo,
+        started: Instant,
+        request_id: HeaderValue,
+    ) -> RequestRecord {
+        let headers = request.headers();
+        let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| request.uri().authority().map(|a| a.to_string()))
+            .unwrap_or_default();
+        RequestRecord {
+            started,
+            host,
+            path: request.uri().path().to_string(),
+            query: request.uri().query().unwrap_or("").to_string(),
+            method: method_index(request.method()),
+            method_name: request.method().as_str().to_string(),
+            proto: match request.version() {
+                Version::HTTP_2 => "HTTP/2.0",
+                Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            },
+            connection,
+            request_id,
+            req_content_length: headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            req_content_type: text(header::CONTENT_TYPE),
+            user_agent: text(header::USER_AGENT),
+            remote_addr: headers
+                .get(&X_FORWARDED_FOR)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+                .map(|v| v.trim().to_string())
+                .unwrap_or_else(|| connection.client.ip().to_string()),
+            service_id: None,
+            service: String::new(),
+            target: String::new(),
+            error: None,
+            extra: std::collections::BTreeMap::new(),
+            log_response_headers: Vec::new(),
+        }
+    }
+
+    /// Keeps `--log-request-header` values (as `req_<name>`, lowercase with `_`, like kamal-proxy).
+    fn note_request_headers(&mut self, names: &[String], headers: &HeaderMap) {
+        for name in names {
+            if let Some(value) = headers.get(name.as_str()).and_then(|v| v.to_str().ok()) {
+                self.extra.insert(format!("req_{}", name.to_ascii_lowercase().replace('-', "_")), value.to_string());
+            }
+        }
+    }
+
+    fn log(&self, response: &Response<ProxyBody>) {
+        let time = observability::now_rfc3339();
+        let client_addr = self.connection.client.ip().to_string();
+        let mut extra = self.extra.clone();
+        for name in &self.log_response_headers {
+            if let Some(value) = response.headers().get(name.as_str()).and_then(|v| v.to_str().ok()) {
+                extra.insert(format!("resp_{}", name.to_ascii_lowercase().replace('-', "_")), value.to_string());
+            }
+        }
+        if let Some(error) = &self.error {
+            extra.insert("error".to_string(), error.clone());
+        }
+        let line = AccessLogLine {
+            time: &time,
+            level: if response.status().is_server_error() { "WARN" } else { "INFO" },
+            msg: "Request",
+            host: host_without_port(&self.host),
+            port: self.connection.local_port,
+            path: &self.path,
+            query: &self.query,
+            method: &self.method_name,
+            proto: self.proto,
+            scheme: if self.connection.tls { "https" } else { "http" },
+            request_id: self.request_id.to_str().unwrap_or(""),
+            status: response.status().as_u16(),
+            service: &self.service,
+            target: &self.target,
+            duration: self.started.elapsed().as_nanos() as u64,
+            req_content_length: self.req_content_length,
+            req_content_type: &self.req_content_type,
+            resp_content_length: response.body().size_hint().exact().unwrap_or(0),
+            resp_content_type: response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or(""),
+            client_addr: &client_addr,
+            client_port: self.connection.client.port(),
+            remote_addr: &self.remote_addr,
+            user_agent: &self.user_agent,
+            extra,
+        };
+        observability::log_request(&line);
+    }
+}
+
+thread_local! {
+    static REQUEST_ID_STATE: Cell<(u64, u64)> = Cell::new(seed_request_ids());
+}
+
+fn seed_request_ids() -> (u64, u64) {
+    let mut seed = [0u8; 16];
+    if getrandom::fill(&mut seed).is_err() {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+        seed = nanos.to_le_bytes();
+    }
+    let a = u64::from_le_bytes(seed[..8].try_into().unwrap_or_default()) | 1;
+    let b = u64::from_le_bytes(seed[8..].try_into().unwrap_or_default()) | 1;
+    (a, b)
+}
+
+/// A random UUID (version 4 layout) from a per-thread xorshift128+ seeded by the OS; unique, not secret.
+fn new_request_id() -> HeaderValue {
+    let (high, low) = REQUEST_ID_STATE.with(|state| {
+        let next = || {
+            let (mut s1, s0) = state.get();
+            s1 ^= s1 << 23;
+            s1 ^= s1 >> 17;
+            s1 ^= s0 ^ (s0 >> 26);
+            state.set((s0, s1));
+            s1.wrapping_add(s0)
+        };
+        (next(), next())
+    });
+    let id = ((high as u128) << 64 | low as u128) & !(0xF000u128 << 64) | (0x4000u128 << 64);
+    let id = id & !(0xC000u128 << 48) | (0x8000u128 << 48);
+    let hex = format!("{id:032x}");
+    let text = format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]);
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_look_like_uuids_and_differ() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_ne!(a, b);
+        let text = a.to_str().unwrap();
+        assert_eq!(text.len(), 36);
+        assert_eq!(&text[14..15], "4", "{text}");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed_but_upgrade_kept_for_websockets() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret, upgrade"));
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        assert!(is_upgrade_request(&headers));
+        strip_hop_by_hop(&mut headers, true);
+        assert!(headers.get("x-secret").is_none());
+        assert!(headers.get("keep-alive").is_none());
+        assert!(headers.get(header::UPGRADE).is_some());
+    }
+
+    #[test]
+    fn event_streams_and_unsized_bodies_are_streamed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+        assert!(is_streaming_response(&headers));
+        let mut sized = HeaderMap::new();
+        sized.insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+        assert!(!is_streaming_response(&sized));
+        assert!(is_streaming_response(&HeaderMap::new()));
+    }
+}

@@ -1,0 +1,774 @@
+//! The berth proxy from the outside: the real binary run as `kamal-proxy` (a symlink, as in the proxy image),
+//! driven by its control commands, in front of in-process test backends, on loopback only.
+//!
+//! Each test starts its own proxy (ports chosen by the kernel, read back from the proxy's "Server started"
+//! log line), its own control socket and state directory, and stops it on drop, even after a failure.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+// ---------------------------------------------------------------------------------------------------------
+// The proxy under test
+
+/// A running `kamal-proxy run` with its own socket, state directory and log.
+struct Proxy {
+    child: Option<Child>,
+    dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    http_port: u16,
+    https_port: u16,
+    metrics_port: u16,
+    log: PathBuf,
+    started_line: serde_json::Value,
+}
+
+impl Proxy {
+    fn start() -> Proxy {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let dir = temp.path().to_path_buf();
+        let mut proxy = Proxy::start_in(&dir, &[]);
+        proxy._temp = Some(temp);
+        proxy
+    }
+
+    /// Starts a proxy whose files (socket, state, log, `kamal-proxy` link) live in `dir`.
+    fn start_in(dir: &Path, extra_args: &[&str]) -> Proxy {
+        let program = dir.join("kamal-proxy");
+        if !program.exists() {
+            std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_berth"), &program).expect("link kamal-proxy");
+        }
+        let log = dir.join(format!("proxy-{}.log", Instant::now().elapsed().as_nanos() ^ std::process::id() as u128));
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let metrics_port = free_port();
+        let mut args = vec![
+            "run".to_string(),
+            "--bind=127.0.0.1".into(),
+            "--http-port=0".into(),
+            "--https-port=0".into(),
+            format!("--metrics-port={metrics_port}"),
+            "--workers=1".into(),
+            format!("--state-dir={}", dir.join("state").display()),
+        ];
+        args.extend(extra_args.iter().map(|a| a.to_string()));
+        let child = Command::new(&program)
+            .args(&args)
+            .env_clear()
+            .env("KAMAL_PROXY_SOCKET", dir.join("proxy.sock"))
+            .env("HOME", dir)
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .expect("start kamal-proxy run");
+        let mut proxy = Proxy {
+            child: Some(child),
+            dir: dir.to_path_buf(),
+            _temp: None,
+            http_port: 0,
+            https_port: 0,
+            metrics_port,
+            log,
+            started_line: serde_json::Value::Null,
+        };
+        let started = proxy.wait_for_log(|line| line["msg"] == "Server started", Duration::from_secs(20));
+        proxy.http_port = started["http_port"].as_u64().unwrap() as u16;
+        proxy.https_port = started["https_port"].as_u64().unwrap() as u16;
+        proxy.started_line = started;
+        proxy
+    }
+
+    fn log_lines(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    fn wait_for_log(&mut self, matches: impl Fn(&serde_json::Value) -> bool, timeout: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.log_lines().into_iter().find(|l| matches(l)) {
+                return line;
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("proxy exited ({status}); log:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "log line not seen; log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs a control command on a blocking thread, so the test's backends keep serving meanwhile.
+    async fn ctl_async(&self, args: &[&str]) -> Output {
+        let program = self.dir.join("kamal-proxy");
+        let socket = self.dir.join("proxy.sock");
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            Command::new(program)
+                .args(&args)
+                .env_clear()
+                .env("KAMAL_PROXY_SOCKET", socket)
+                .output()
+                .expect("run kamal-proxy")
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn ctl_ok(&self, args: &[&str]) -> Output {
+        let output = self.ctl_async(args).await;
+        assert!(output.status.success(), "kamal-proxy {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        output
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn state_file(&self) -> PathBuf {
+        self.dir.join("state").join("berth-proxy.state.json")
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Test backends
+
+/// An HTTP app on loopback: `/up` (switchable health), `/slow?ms=N`, `/sse`, `/headers`, upgrades (echo),
+/// everything else answers its name. It counts requests it served while it was unhealthy.
+#[derive(Clone)]
+struct Backend {
+    name: &'static str,
+    address: SocketAddr,
+    healthy: Arc<AtomicBool>,
+    served: Arc<AtomicU64>,
+    served_while_unhealthy: Arc<AtomicU64>,
+    task: Arc<tokio::task::JoinHandle<()>>,
+}
+
+impl Backend {
+    async fn start(name: &'static str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let healthy = Arc::new(AtomicBool::new(true));
+        let served = Arc::new(AtomicU64::new(0));
+        let served_while_unhealthy = Arc::new(AtomicU64::new(0));
+        let state = (Arc::clone(&healthy), Arc::clone(&served), Arc::clone(&served_while_unhealthy));
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let service =
+                        hyper::service::service_fn(move |request| backend_answer(name, state.clone(), request));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        Backend { name, address, healthy, served, served_while_unhealthy, task: Arc::new(task) }
+    }
+
+    fn target(&self) -> String {
+        format!("--target={}", self.address)
+    }
+
+    fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::SeqCst);
+    }
+
+    fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+async fn backend_answer(
+    name: &'static str,
+    (healthy, served, served_while_unhealthy): (Arc<AtomicBool>, Arc<AtomicU64>, Arc<AtomicU64>),
+    mut request: Request<Incoming>,
+) -> Result<Response<BoxBody>, std::convert::Infallible> {
+    let full = |status: StatusCode, body: String| {
+        Response::builder().status(status).header("x-backend", name).body(Full::new(Bytes::from(body)).boxed()).unwrap()
+    };
+    let path = request.uri().path().to_string();
+    if path == "/up" {
+        let ok = healthy.load(Ordering::SeqCst);
+        return Ok(full(if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, String::new()));
+    }
+    served.fetch_add(1, Ordering::SeqCst);
+    if !healthy.load(Ordering::SeqCst) {
+        served_while_unhealthy.fetch_add(1, Ordering::SeqCst);
+    }
+    let query: HashMap<String, String> = request
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    if request.headers().contains_key(http::header::UPGRADE) {
+        let upgrade = hyper::upgrade::on(&mut request);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = upgrade.await {
+                let mut io = TokioIo::new(upgraded);
+                let mut buffer = [0u8; 1024];
+                while let Ok(n) = io.read(&mut buffer).await {
+                    if n == 0 || io.write_all(&buffer[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        return Ok(Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(Full::new(Bytes::new()).boxed())
+            .unwrap());
+    }
+    match path.as_str() {
+        "/slow" => {
+            let ms: u64 = query.get("ms").and_then(|m| m.parse().ok()).unwrap_or(1000);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(full(StatusCode::OK, name.to_string()))
+        }
+        "/headers" => {
+            let headers: HashMap<String, String> =
+                request.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect();
+            let mut body = serde_json::to_value(headers).unwrap();
+            body["uri"] = request.uri().to_string().into();
+            Ok(full(StatusCode::OK, body.to_string()))
+        }
+        "/sse" => {
+            let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(4);
+            tokio::spawn(async move {
+                for i in 1..=3 {
+                    if sender.send(Ok(Frame::data(Bytes::from(format!("data: {i}\n\n"))))).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                }
+            });
+            let stream = futures_util::stream::unfold(receiver, |mut r| async move { r.recv().await.map(|f| (f, r)) });
+            Ok(Response::builder()
+                .header("content-type", "text/event-stream")
+                .header("x-backend", name)
+                .body(BodyExt::boxed(StreamBody::new(stream)))
+                .unwrap())
+        }
+        _ => Ok(full(StatusCode::OK, name.to_string())),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Clients
+
+/// A keep-alive HTTP/1.1 client connection to the proxy.
+struct Client {
+    port: u16,
+    sender: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>>,
+}
+
+#[derive(Debug)]
+struct Answer {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    body: String,
+}
+
+impl Client {
+    fn new(port: u16) -> Client {
+        Client { port, sender: None }
+    }
+
+    async fn get(&mut self, host: &str, path: &str) -> Result<Answer, String> {
+        self.send(Request::get(path).header("host", host).body(Full::new(Bytes::new())).unwrap()).await
+    }
+
+    async fn send(&mut self, request: Request<Full<Bytes>>) -> Result<Answer, String> {
+        if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
+            let stream = TcpStream::connect(("127.0.0.1", self.port)).await.map_err(|e| e.to_string())?;
+            let (sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+            tokio::spawn(connection);
+            self.sender = Some(sender);
+        }
+        let sender = self.sender.as_mut().unwrap();
+        sender.ready().await.map_err(|e| e.to_string())?;
+        let response = sender.send_request(request).await.map_err(|e| {
+            self.sender = None;
+            e.to_string()
+        })?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok(Answer { status, headers, body: String::from_utf8_lossy(&body).into_owned() })
+    }
+}
+
+async fn get(port: u16, host: &str, path: &str) -> Answer {
+    Client::new(port).get(host, path).await.unwrap_or_else(|e| panic!("GET {host}{path}: {e}"))
+}
+
+async fn deploy(proxy: &Proxy, service: &str, backend: &Backend, extra: &[&str]) -> Output {
+    let target = backend.target();
+    let mut args = vec!["deploy", service, target.as_str(), "--health-check-interval=1s"];
+    args.extend_from_slice(extra);
+    proxy.ctl_async(&args).await
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Tests
+
+/// The zero-downtime claim: continuous load with 1–3 s requests in flight, 20 deploys alternating between
+/// two targets whose health comes up 200 ms after each deploy starts. Every request succeeds, no target
+/// serves a request while it is unhealthy, slow requests on the old target finish during the drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_deploys_under_load_drop_nothing() {
+    let proxy = Proxy::start();
+    let backends = [Backend::start("blue").await, Backend::start("green").await];
+    proxy.ctl_ok(&["deploy", "app", &backends[0].target(), "--host=app.test"]).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let completed = Arc::new(AtomicU64::new(0));
+    let slow_completed = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for worker in 0..6u64 {
+        let (stop, failures, completed, slow_completed) =
+            (stop.clone(), failures.clone(), completed.clone(), slow_completed.clone());
+        let port = proxy.http_port;
+        clients.push(tokio::spawn(async move {
+            let mut client = Client::new(port);
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                i += 1;
+                // Two of the six clients keep 1–3 s requests in flight all the time.
+                let path = if worker < 2 {
+                    format!("/slow?ms={}", 1000 + (i * 700 + worker * 300) % 2000)
+                } else {
+                    "/".to_string()
+                };
+                match client.get("app.test", &path).await {
+                    Ok(answer) if answer.status == StatusCode::OK => {
+                        completed.fetch_add(1, Ordering::SeqCst);
+                        if worker < 2 {
+                            slow_completed.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    Ok(answer) => failures.lock().unwrap().push(format!("{path}: {} {}", answer.status, answer.body)),
+                    Err(error) => failures.lock().unwrap().push(format!("{path}: {error}")),
+                }
+            }
+        }));
+    }
+
+    let mut drains_that_waited = 0;
+    let mut deploy_times = Vec::new();
+    for round in 0..20 {
+        let next = &backends[(round + 1) % 2];
+        // The new version boots: unhealthy at first, healthy 200 ms later.
+        next.set_healthy(false);
+        let booting = next.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            booting.set_healthy(true);
+        });
+        let started = Instant::now();
+        let output =
+            deploy(&proxy, "app", next, &["--host=app.test", "--drain-timeout=10s", "--deploy-timeout=10s"]).await;
+        assert!(output.status.success(), "deploy {round}: {}", String::from_utf8_lossy(&output.stderr));
+        let took = started.elapsed();
+        deploy_times.push(took);
+        if took > Duration::from_millis(700) {
+            drains_that_waited += 1;
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        client.await.unwrap();
+    }
+    let failures = failures.lock().unwrap();
+    assert!(failures.is_empty(), "{} failed requests: {:?}", failures.len(), &failures[..failures.len().min(10)]);
+    for backend in &backends {
+        assert_eq!(backend.served_while_unhealthy.load(Ordering::SeqCst), 0, "{} served while unhealthy", backend.name);
+    }
+    assert!(
+        slow_completed.load(Ordering::SeqCst) >= 20,
+        "slow requests completed: {}",
+        slow_completed.load(Ordering::SeqCst)
+    );
+    assert!(drains_that_waited >= 10, "drains should wait for the slow requests: {deploy_times:?}");
+    assert!(
+        deploy_times.iter().all(|t| *t < Duration::from_secs(10)),
+        "every drain finished within its timeout: {deploy_times:?}"
+    );
+    eprintln!(
+        "20 deploys: {} requests ok, {} slow ones, deploy times {:?}",
+        completed.load(Ordering::SeqCst),
+        slow_completed.load(Ordering::SeqCst),
+        deploy_times
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_that_never_becomes_healthy_fails_the_deploy_and_traffic_stays() {
+    let proxy = Proxy::start();
+    let good = Backend::start("good").await;
+    let bad = Backend::start("bad").await;
+    bad.set_healthy(false);
+    proxy.ctl_ok(&["deploy", "app", &good.target()]).await;
+
+    let started = Instant::now();
+    let output = deploy(&proxy, "app", &bad, &["--deploy-timeout=1s"]).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("failed to become healthy within configured timeout (1s)"), "{stderr}");
+    assert!(
+        stderr.contains(&bad.address.to_string()) && stderr.contains("503"),
+        "names the target and the last result: {stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let answer = get(proxy.http_port, "any.test", "/").await;
+    assert_eq!((answer.status, answer.body.as_str()), (StatusCode::OK, "good"));
+    assert_eq!(bad.served.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthy_target_switches_in_well_under_a_second() {
+    let proxy = Proxy::start();
+    let first = Backend::start("first").await;
+    let second = Backend::start("second").await;
+    proxy.ctl_ok(&["deploy", "app", &first.target()]).await;
+    let started = Instant::now();
+    proxy.ctl_ok(&["deploy", "app", &second.target()]).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(500), "deploy took {took:?}");
+    assert_eq!(get(proxy.http_port, "x", "/").await.body, "second");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_host_and_path_and_maps_failures() {
+    let proxy = Proxy::start();
+    let web = Backend::start("web").await;
+    let api = Backend::start("api").await;
+    let slow = Backend::start("slow").await;
+    proxy.ctl_ok(&["deploy", "web", &web.target(), "--host=app.test,www.app.test"]).await;
+    proxy.ctl_ok(&["deploy", "api", &api.target(), "--host=app.test", "--path-prefix=/api"]).await;
+    proxy.ctl_ok(&["deploy", "slow", &slow.target(), "--host=slow.test", "--target-timeout=300ms"]).await;
+
+    assert_eq!(get(proxy.http_port, "app.test", "/").await.body, "web");
+    assert_eq!(get(proxy.http_port, "www.app.test", "/x").await.body, "web");
+    assert_eq!(get(proxy.http_port, "app.test", "/api/users").await.body, "api");
+    assert_eq!(get(proxy.http_port, "app.test", "/apix").await.body, "web");
+    let unknown = get(proxy.http_port, "nobody.test", "/").await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+
+    // The prefix is stripped before forwarding, the query kept; forwarding headers and a request id are set.
+    let echoed = get(proxy.http_port, "app.test", "/api/headers?q=1").await;
+    let headers: serde_json::Value = serde_json::from_str(&echoed.body).unwrap();
+    assert_eq!(headers["uri"], "/headers?q=1");
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"], "http");
+    assert_eq!(headers["x-forwarded-host"], "app.test");
+    assert_eq!(headers["host"], "app.test");
+    assert_eq!(headers["x-request-id"].as_str().unwrap().len(), 36);
+
+    // Slow target: 504 after --target-timeout. Dead target: 502.
+    let timed_out = get(proxy.http_port, "slow.test", "/slow?ms=2000").await;
+    assert_eq!(timed_out.status, StatusCode::GATEWAY_TIMEOUT);
+    let dead = Backend::start("dead").await;
+    proxy.ctl_ok(&["deploy", "dead", &dead.target(), "--host=dead.test"]).await;
+    dead.stop();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let answer = get(proxy.http_port, "dead.test", "/").await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+
+    // A host already served by another service is refused, with the owner named.
+    let output = proxy.ctl_async(&["deploy", "other", &web.target(), "--host=app.test"]).await;
+    assert!(String::from_utf8_lossy(&output.stderr).contains("already used by service \"web\""));
+
+    let list = String::from_utf8(proxy.ctl_ok(&["list"]).await.stdout).unwrap();
+    assert!(list.starts_with("Service"), "{list}");
+    assert!(list.contains("app.test") && list.contains("/api") && list.contains("running"), "{list}");
+    proxy.ctl_ok(&["remove", "api"]).await;
+    assert_eq!(get(proxy.http_port, "app.test", "/api/users").await.body, "web");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kamals_exact_command_line_deploys() {
+    let proxy = Proxy::start();
+    let app = Backend::start("app").await;
+    let target = format!("--target=\"{}\"", app.address);
+    let args = [
+        "deploy",
+        "app-web",
+        target.as_str(),
+        "--deploy-timeout=\"30s\"",
+        "--drain-timeout=\"30s\"",
+        "--buffer-requests",
+        "--buffer-responses",
+        "--log-request-header=\"Cache-Control\"",
+        "--log-request-header=\"Last-Modified\"",
+        "--log-request-header=\"User-Agent\"",
+    ];
+    proxy.ctl_ok(&args).await;
+    assert_eq!(get(proxy.http_port, "example.com", "/").await.body, "app");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_and_sse_pass_through_and_websockets_close_on_drain() {
+    let proxy = Proxy::start();
+    let first = Backend::start("first").await;
+    let second = Backend::start("second").await;
+    // Kamal turns response buffering on; event streams must still arrive event by event.
+    proxy.ctl_ok(&["deploy", "app", &first.target(), "--buffer-responses", "--buffer-requests"]).await;
+
+    let mut stream = TcpStream::connect(("127.0.0.1", proxy.http_port)).await.unwrap();
+    stream.write_all(b"GET /sse HTTP/1.1\r\nhost: app.test\r\naccept: text/event-stream\r\n\r\n").await.unwrap();
+    let started = Instant::now();
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while !String::from_utf8_lossy(&received).contains("data: 1") {
+        let n = stream.read(&mut buffer).await.unwrap();
+        assert!(n > 0, "stream ended early");
+        received.extend_from_slice(&buffer[..n]);
+    }
+    let first_event = started.elapsed();
+    assert!(first_event < Duration::from_millis(350), "first event after {first_event:?}: buffered?");
+    while !String::from_utf8_lossy(&received).contains("data: 3") {
+        let n = stream.read(&mut buffer).await.unwrap();
+        assert!(n > 0, "stream ended early");
+        received.extend_from_slice(&buffer[..n]);
+    }
+    assert!(started.elapsed() >= Duration::from_millis(700));
+
+    // WebSocket-style upgrade: 101, then bytes both ways.
+    let mut socket = TcpStream::connect(("127.0.0.1", proxy.http_port)).await.unwrap();
+    socket
+        .write_all(
+            b"GET /cable HTTP/1.1\r\nhost: app.test\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\
+              sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut reader = tokio::io::BufReader::new(&mut socket);
+    let mut status_line = String::new();
+    tokio::io::AsyncBufReadExt::read_line(&mut reader, &mut status_line).await.unwrap();
+    assert!(status_line.starts_with("HTTP/1.1 101"), "{status_line}");
+    loop {
+        let mut line = String::new();
+        tokio::io::AsyncBufReadExt::read_line(&mut reader, &mut line).await.unwrap();
+        if line == "\r\n" {
+            break;
+        }
+    }
+    socket.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    socket.read_exact(&mut echo).await.unwrap();
+    assert_eq!(&echo, b"ping");
+
+    // A deploy closes upgraded connections at once instead of waiting out the drain timeout.
+    let started = Instant::now();
+    proxy.ctl_ok(&["deploy", "app", &second.target(), "--drain-timeout=20s"]).await;
+    assert!(started.elapsed() < Duration::from_secs(3), "drain waited for the websocket: {:?}", started.elapsed());
+    let closed = tokio::time::timeout(Duration::from_secs(2), socket.read(&mut echo)).await.expect("socket closed");
+    assert!(matches!(closed, Ok(0) | Err(_)));
+    assert_eq!(get(proxy.http_port, "app.test", "/").await.body, "second");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_mode_serves_503_with_message_and_pause_holds_requests() {
+    let proxy = Proxy::start();
+    let app = Backend::start("app").await;
+    proxy.ctl_ok(&["deploy", "app", &app.target(), "--host=app.test"]).await;
+
+    proxy.ctl_ok(&["stop", "app", "--message=Back at <5pm>"]).await;
+    let answer = get(proxy.http_port, "app.test", "/").await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(answer.body.contains("Back at &lt;5pm&gt;"), "{}", answer.body);
+    // Load balancers keep the node while it is in maintenance.
+    assert_eq!(get(proxy.http_port, "app.test", "/up").await.status, StatusCode::OK);
+    assert!(String::from_utf8(proxy.ctl_ok(&["list"]).await.stdout).unwrap().contains("stopped"));
+    proxy.ctl_ok(&["resume", "app"]).await;
+    assert_eq!(get(proxy.http_port, "app.test", "/").await.body, "app");
+
+    proxy.ctl_ok(&["pause", "app"]).await;
+    let port = proxy.http_port;
+    let held = tokio::spawn(async move { get(port, "app.test", "/").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!held.is_finished(), "paused requests wait");
+    let served_before = app.served.load(Ordering::SeqCst);
+    let resume = Proxy::ctl_detached(&proxy, &["resume", "app"]);
+    let answer = tokio::time::timeout(Duration::from_secs(5), held).await.unwrap().unwrap();
+    assert_eq!(answer.body, "app");
+    assert!(resume.await.unwrap().status.success());
+    assert_eq!(app.served.load(Ordering::SeqCst), served_before + 1);
+    proxy.ctl_ok(&["pause", "app", "--max-pause=200ms"]).await;
+    assert_eq!(get(proxy.http_port, "app.test", "/").await.status, StatusCode::GATEWAY_TIMEOUT);
+}
+
+impl Proxy {
+    fn ctl_detached(&self, args: &[&str]) -> tokio::task::JoinHandle<Output> {
+        let program = self.dir.join("kamal-proxy");
+        let socket = self.dir.join("proxy.sock");
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            Command::new(program)
+                .args(&args)
+                .env_clear()
+                .env("KAMAL_PROXY_SOCKET", socket)
+                .output()
+                .expect("run kamal-proxy")
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_restores_routes_health_checks_them_first_and_skips_a_corrupted_entry() {
+    let temp = tempfile::tempdir().unwrap();
+    let one = Backend::start("one").await;
+    let two = Backend::start("two").await;
+    let three = Backend::start("three").await;
+    let mut proxy = Proxy::start_in(temp.path(), &[]);
+    proxy.ctl_ok(&["deploy", "one", &one.target(), "--host=one.test"]).await;
+    proxy.ctl_ok(&["deploy", "two", &two.target(), "--host=two.test"]).await;
+    proxy.ctl_ok(&["deploy", "three", &three.target(), "--host=three.test"]).await;
+    proxy.ctl_ok(&["stop", "three", "--message=upgrading"]).await;
+    proxy.stop();
+
+    // Corrupt one entry; the others must come back.
+    let path = proxy.state_file();
+    let mut state: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let services = state["services"].as_array_mut().unwrap();
+    let one_entry = services.iter_mut().find(|s| s["name"] == "one").unwrap();
+    one_entry["targets"] = serde_json::json!({"not": "a list"});
+    std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+
+    // "two" is down while the proxy restarts: it must not get traffic before it passes its checks.
+    two.set_healthy(false);
+    let mut proxy = Proxy::start_in(temp.path(), &[]);
+    let started = proxy.started_line.clone();
+    let problems = started["restore_problems"].as_array().unwrap();
+    assert!(
+        problems.len() == 1 && problems[0].as_str().unwrap().contains("\"one\""),
+        "the bad entry is reported: {started}"
+    );
+    assert_eq!(started["restored_services"], 2, "{started}");
+    proxy.wait_for_log(|l| l["msg"] == "State entry skipped", Duration::from_secs(1));
+
+    let port = proxy.http_port;
+    let waiting = tokio::spawn(async move { get(port, "two.test", "/").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(two.served.load(Ordering::SeqCst), 0);
+    two.set_healthy(true);
+    let answer = tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap();
+    assert_eq!(answer.body, "two");
+    assert_eq!(two.served_while_unhealthy.load(Ordering::SeqCst), 0);
+    assert_eq!(get(proxy.http_port, "one.test", "/").await.status, StatusCode::NOT_FOUND);
+    let maintenance = get(proxy.http_port, "three.test", "/").await;
+    assert_eq!(maintenance.status, StatusCode::SERVICE_UNAVAILABLE, "pause state survives restarts");
+    assert!(maintenance.body.contains("upgrading"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_and_metrics_report_requests() {
+    let mut proxy = Proxy::start();
+    let app = Backend::start("app").await;
+    proxy.ctl_ok(&["deploy", "app", &app.target(), "--host=app.test", "--log-request-header=User-Agent"]).await;
+    let mut client = Client::new(proxy.http_port);
+    let request = Request::get("/hello?x=1")
+        .header("host", "app.test")
+        .header("x-request-id", "req-123")
+        .header("user-agent", "probe/1")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(client.send(request).await.unwrap().status, StatusCode::OK);
+    let line = proxy.wait_for_log(|l| l["msg"] == "Request" && l["request_id"] == "req-123", Duration::from_secs(3));
+    assert_eq!(line["path"], "/hello");
+    assert_eq!(line["query"], "x=1");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["service"], "app");
+    assert_eq!(line["target"], app.address.to_string());
+    assert!(line["duration"].as_u64().unwrap() > 0);
+    assert!(line["req_user_agent"].as_str().is_some_and(|ua| ua.contains("probe")), "{line}");
+
+    let metrics = get(proxy.metrics_port, "localhost", "/metrics").await;
+    assert!(
+        metrics.body.contains("kamal_proxy_http_requests_total{method=\"GET\",service=\"app\",status=\"200\"} 1"),
+        "{}",
+        metrics.body
+    );
+    assert!(metrics.body.contains("kamal_proxy_http_request_duration_seconds_bucket"));
+    assert!(metrics.body.contains("berth_proxy_deploys_total{service=\"app\",outcome=\"ok\"} 1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_requests_enforce_the_body_limit() {
+    let proxy = Proxy::start();
+    let app = Backend::start("app").await;
+    proxy.ctl_ok(&["deploy", "app", &app.target(), "--buffer-requests", "--max-request-body=1024"]).await;
+    let mut client = Client::new(proxy.http_port);
+    let small = Request::post("/").header("host", "a").body(Full::new(Bytes::from(vec![b'x'; 100]))).unwrap();
+    assert_eq!(client.send(small).await.unwrap().status, StatusCode::OK);
+    let large = Request::post("/").header("host", "a").body(Full::new(Bytes::from(vec![b'x'; 5000]))).unwrap();
+    assert_eq!(Client::new(proxy.http_port).send(large).await.unwrap().status, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_requests_finish() {
+    let mut proxy = Proxy::start();
+    let app = Backend::start("app").await;
+    proxy.ctl_ok(&["deploy", "app", &app.target()]).await;
+    let port = proxy.http_port;
+    let in_flight = tokio::spawn(async move { get(port, "a", "/slow?ms=700").await });
+    wait_until("the request to reach the backend", Duration::from_secs(5), || app.served.load(Ordering::SeqCst) == 1)
+        .await;
+    tokio::task::spawn_blocking(move || proxy.stop()).await.unwrap();
+    let answer = in_flight.await.unwrap();
+    assert_eq!(answer.body, "app");
+}
