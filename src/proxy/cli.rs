@@ -14,6 +14,7 @@ use super::control::{self, ControlRequest};
 use super::options::{HealthCheckOptions, ServiceOptions, parse_duration, parse_size};
 use super::router::{DeployReport, ServiceSummary};
 use super::server::{self, ServerConfig};
+use super::tls::acme::ChallengeKind;
 use super::{ProxyError, default_state_dir, socket_path};
 
 const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
@@ -120,6 +121,9 @@ pub struct RunArgs {
     /// Extra PEM root certificate trusted for the ACME directory's HTTPS (e.g. pebble's test CA)
     #[arg(long, env = "ACME_CA_ROOT")]
     pub acme_ca_root: Option<PathBuf>,
+    /// ACME challenges to try, in order
+    #[arg(long, default_value = "tls-alpn-01,http-01")]
+    pub acme_challenges: String,
     /// Debug-level logging (accepted for kamal-proxy compatibility)
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
     pub debug: bool,
@@ -412,6 +416,8 @@ pub fn run_server(args: RunArgs) -> anyhow::Result<()> {
         acme_directory: args.acme_directory.unwrap_or_else(|| LETS_ENCRYPT.to_string()),
         acme_contact: args.acme_contact,
         acme_ca_root: args.acme_ca_root,
+        acme_challenges: ChallengeKind::parse_list(&args.acme_challenges)
+            .map_err(|e| anyhow::anyhow!("--acme-challenges: {e}"))?,
     };
     server::run(config)?;
     Ok(())

@@ -32,11 +32,20 @@ pub struct Shared {
 }
 
 /// Facts about the client connection a request arrived on.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ConnectionInfo {
     pub client: SocketAddr,
     pub local_port: u16,
     pub tls: bool,
+    /// The client's IP as a header value, made once per connection for X-Forwarded-For.
+    pub client_ip: HeaderValue,
+}
+
+impl ConnectionInfo {
+    pub fn new(client: SocketAddr, local_port: u16, tls: bool) -> ConnectionInfo {
+        let client_ip = HeaderValue::from_str(&client.ip().to_string()).unwrap_or(HeaderValue::from_static("0.0.0.0"));
+        ConnectionInfo { client, local_port, tls, client_ip }
+    }
 }
 
 /// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1, as Go's ReverseProxy drops).
@@ -70,10 +79,10 @@ pub async fn handle(
         Some(id) => id.clone(),
         None => new_request_id(),
     };
-    let mut record = RequestRecord::new(&request, connection, started, request_id.clone());
-    let response = route_and_forward(&shared, connection, request, request_id, &mut record).await;
-    if let Some(service) = record.service_id {
-        shared.metrics.request_finished(service, record.method, response.status().as_u16(), started.elapsed());
+    let mut record = RequestRecord::new(&request, connection, started, request_id, shared.access_log);
+    let response = route_and_forward(&shared, request, &mut record).await;
+    if let Some(service) = &record.service {
+        shared.metrics.request_finished(service.id, record.method, response.status().as_u16(), started.elapsed());
     }
     if shared.access_log {
         record.log(&response);
@@ -83,43 +92,41 @@ pub async fn handle(
 
 async fn route_and_forward(
     shared: &Shared,
-    connection: ConnectionInfo,
     mut request: Request<Incoming>,
-    request_id: HeaderValue,
     record: &mut RequestRecord,
 ) -> Response<ProxyBody> {
     let path = request.uri().path();
-    if !connection.tls
+    if !record.connection.tls
         && let Some(token) = path.strip_prefix("/.well-known/acme-challenge/")
         && let Some(answer) = shared.router.certs.acme.http01_response(token)
     {
         return text_response(StatusCode::OK, Bytes::from(answer));
     }
     let mut attempts = 0;
-    let (service, claim) = loop {
+    let (service, claim, strip_len) = loop {
         attempts += 1;
-        let (service, redirect_to_https) = {
+        let (service, redirect_to_https, prefix_len) = {
             let table = shared.router.table();
-            match table.find(&record.host, request.uri().path()) {
-                Some(route) => (Arc::clone(&route.service), route.redirect_to_https),
+            match table.find(record.host(), request.uri().path()) {
+                Some(route) => (Arc::clone(&route.service), route.redirect_to_https, route.prefix.len()),
                 None => return page(None, StatusCode::NOT_FOUND, None),
             }
         };
-        if record.service_id.is_none() {
-            record.service_id = Some(service.id);
-            record.service = service.name.clone();
+        if record.service.is_none() {
+            record.service = Some(Arc::clone(&service));
             shared.metrics.request_started(service.id);
         }
+        let connection = &record.connection;
         if redirect_to_https && !connection.tls {
             return redirect(&format!(
                 "https://{}{}{}",
-                host_without_port(&record.host),
+                host_without_port(record.host()),
                 port_suffix(shared.https_port),
                 path_and_query(request.uri())
             ));
         }
         if let Some(canonical) = &service.options.canonical_host
-            && host_without_port(&record.host) != canonical
+            && host_without_port(record.host()) != canonical
         {
             let scheme = if connection.tls || redirect_to_https { "https" } else { "http" };
             return redirect(&format!("{scheme}://{canonical}{}", path_and_query(request.uri())));
@@ -149,23 +156,22 @@ async fn route_and_forward(
                 Some("The service is starting; try again shortly."),
             );
         }
+        let strip_len = if service.options.strip_path_prefix && prefix_len > 1 { prefix_len } else { 0 };
         match group.pick().try_claim() {
-            Some(claim) => break (service, claim),
+            Some(claim) => break (service, claim, strip_len),
             None if attempts < CLAIM_ATTEMPTS => continue,
             None => return page(Some(&service), StatusCode::SERVICE_UNAVAILABLE, None),
         }
     };
     let target = Arc::clone(claim.target());
-    record.target = target.address.clone();
+    record.target = Some(Arc::clone(&target));
     record.note_request_headers(&service.options.log_request_headers, request.headers());
-    record.log_response_headers = service.options.log_response_headers.clone();
     target.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 
     let wants_upgrade = is_upgrade_request(request.headers());
     let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut request));
     let options = &service.options;
-    let upstream_request = match build_upstream_request(shared, connection, request, &service, request_id, record).await
-    {
+    let upstream_request = match build_upstream_request(shared, request, &service, strip_len, record).await {
         Ok(request) => request,
         Err(response) => return response,
     };
@@ -245,13 +251,13 @@ fn choose_group<'a>(service: &'a Service, headers: &HeaderMap) -> &'a Arc<Target
 
 async fn build_upstream_request(
     shared: &Shared,
-    connection: ConnectionInfo,
     request: Request<Incoming>,
     service: &Service,
-    request_id: HeaderValue,
+    strip_len: usize,
     record: &mut RequestRecord,
 ) -> Result<Request<UpstreamBody>, Response<ProxyBody>> {
     let options = &service.options;
+    let connection = &record.connection;
     let (mut parts, body) = request.into_parts();
     let wants_upgrade = is_upgrade_request(&parts.headers);
     strip_hop_by_hop(&mut parts.headers, wants_upgrade);
@@ -259,58 +265,45 @@ async fn build_upstream_request(
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     let headers = &mut parts.headers;
-    if headers.get(header::HOST).is_none()
-        && let Ok(host) = HeaderValue::from_str(&record.host)
-    {
-        headers.insert(header::HOST, host);
+    // Room for the forwarding headers below, so the map grows once rather than several times.
+    headers.reserve(6);
+    if !headers.contains_key(header::HOST) && !record.host.is_empty() {
+        headers.insert(header::HOST, record.host.clone());
     }
     let trust = options.trusts_forwarded_headers();
-    let client_ip = connection.client.ip().to_string();
     let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) if trust => format!("{existing}, {client_ip}"),
-        _ => client_ip,
+        Some(existing) if trust => HeaderValue::from_str(&format!("{existing}, {}", connection.client.ip())).ok(),
+        _ => Some(connection.client_ip.clone()),
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+    if let Some(value) = forwarded_for {
         headers.insert(X_FORWARDED_FOR, value);
     }
     if !(trust && headers.contains_key(&X_FORWARDED_PROTO)) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if connection.tls { "https" } else { "http" }));
     }
-    if !(trust && headers.contains_key(&X_FORWARDED_HOST))
-        && let Ok(host) = HeaderValue::from_str(&record.host)
-    {
-        headers.insert(X_FORWARDED_HOST, host);
+    let keep_forwarded_host = trust && headers.contains_key(&X_FORWARDED_HOST);
+    if !keep_forwarded_host && !record.host.is_empty() {
+        headers.insert(X_FORWARDED_HOST, record.host.clone());
     }
-    headers.insert(X_REQUEST_ID, request_id);
+    headers.insert(X_REQUEST_ID, record.request_id.clone());
     if !headers.contains_key(&X_REQUEST_START) {
-        let millis = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
-        if let Ok(value) = HeaderValue::from_str(&format!("t={millis}")) {
-            headers.insert(X_REQUEST_START, value);
-        }
+        headers.insert(X_REQUEST_START, request_start_header());
     }
 
-    let path = parts.uri.path();
-    let prefix = shared
-        .router
-        .table()
-        .find(&record.host, path)
-        .filter(|route| route.service.name == service.name)
-        .map(|route| route.prefix.clone());
-    let upstream_path = match prefix {
-        Some(prefix) if options.strip_path_prefix && prefix != "/" => {
-            let rest = &path[prefix.len().min(path.len())..];
-            if rest.is_empty() { "/".to_string() } else { rest.to_string() }
-        }
-        _ => path.to_string(),
-    };
-    let path_and_query = match parts.uri.query() {
-        Some(query) => format!("{upstream_path}?{query}"),
-        None => upstream_path,
-    };
-    parts.uri = match Uri::builder().path_and_query(path_and_query).build() {
-        Ok(uri) => uri,
-        Err(_) => return Err(page(Some(service), StatusCode::BAD_REQUEST, None)),
-    };
+    // Origin-form requests to a root-path service go out with their URI untouched (no allocation).
+    if strip_len > 0 || parts.uri.scheme().is_some() {
+        let path = parts.uri.path();
+        let upstream_path = if strip_len > 0 && path.len() >= strip_len { &path[strip_len..] } else { path };
+        let upstream_path = if upstream_path.is_empty() { "/" } else { upstream_path };
+        let path_and_query = match parts.uri.query() {
+            Some(query) => format!("{upstream_path}?{query}"),
+            None => upstream_path.to_string(),
+        };
+        parts.uri = match Uri::builder().path_and_query(path_and_query).build() {
+            Ok(uri) => uri,
+            Err(_) => return Err(page(Some(service), StatusCode::BAD_REQUEST, None)),
+        };
+    }
     parts.version = Version::HTTP_11;
 
     let body = if body.is_end_stream() {
@@ -395,6 +388,12 @@ fn is_streaming_response(headers: &HeaderMap) -> bool {
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of these: one pass over the (few) names, comparing standard names by
+    // value, is cheaper than hashing each hop-by-hop name for a removal that finds nothing.
+    let is_hop = |name: &HeaderName| HOP_BY_HOP.contains(name) || (!keep_upgrade && name == header::UPGRADE);
+    if !headers.keys().any(is_hop) {
+        return;
+    }
     if let Some(connection) = headers.get(header::CONNECTION).and_then(|v| v.to_str().ok()) {
         let named: Vec<HeaderName> = connection
             .split(',')
@@ -458,7 +457,7 @@ fn page(service: Option<&Service>, status: StatusCode, message: Option<&str>) ->
 /// A response body: the proxy's own (full) or a target's, streamed through while holding its claim.
 pub enum ProxyBody {
     Full(Option<Bytes>),
-    Upstream(Box<UpstreamResponse>),
+    Upstream(UpstreamResponse),
 }
 
 /// A target's response body, with the request's claim on the target and the connection to return.
@@ -489,7 +488,7 @@ impl ProxyBody {
         if upstream.head.is_none() && upstream.body.is_end_stream() {
             upstream.finish();
         }
-        ProxyBody::Upstream(Box::new(upstream))
+        ProxyBody::Upstream(upstream)
     }
 }
 
@@ -581,24 +580,28 @@ impl Body for ProxyBody {
 /// What the access log and metrics need to know about a request, gathered along the way.
 struct RequestRecord {
     started: Instant,
-    host: String,
-    path: String,
-    query: String,
+    /// The Host header (or HTTP/2 authority), shared with the request's own bytes.
+    host: HeaderValue,
     method: u8,
-    method_name: String,
-    proto: &'static str,
     connection: ConnectionInfo,
     request_id: HeaderValue,
+    service: Option<Arc<Service>>,
+    target: Option<Arc<Target>>,
+    error: Option<String>,
+    /// Collected only when the access log is on.
+    details: Option<Box<LogDetails>>,
+}
+
+struct LogDetails {
+    path: String,
+    query: String,
+    method: String,
+    proto: &'static str,
     req_content_length: u64,
     req_content_type: String,
     user_agent: String,
     remote_addr: String,
-    service_id: Option<u32>,
-    service: String,
-    target: String,
-    error: Option<String>,
     extra: std::collections::BTreeMap<String, String>,
-    log_response_headers: Vec<String>,
 }
 
 impl RequestRecord {
@@ -607,67 +610,82 @@ impl RequestRecord {
         connection: ConnectionInfo,
         started: Instant,
         request_id: HeaderValue,
+        access_log: bool,
     ) -> RequestRecord {
         let headers = request.headers();
-        let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-        let host = headers
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| request.uri().authority().map(|a| a.to_string()))
-            .unwrap_or_default();
+        let host = match headers.get(header::HOST) {
+            Some(host) => host.clone(),
+            None => request
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                .unwrap_or(HeaderValue::from_static("")),
+        };
+        let details = access_log.then(|| {
+            let text =
+                |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            Box::new(LogDetails {
+                path: request.uri().path().to_string(),
+                query: request.uri().query().unwrap_or("").to_string(),
+                method: request.method().as_str().to_string(),
+                proto: match request.version() {
+                    Version::HTTP_2 => "HTTP/2.0",
+                    Version::HTTP_10 => "HTTP/1.0",
+                    _ => "HTTP/1.1",
+                },
+                req_content_length: headers
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+                req_content_type: text(header::CONTENT_TYPE),
+                user_agent: text(header::USER_AGENT),
+                remote_addr: headers
+                    .get(&X_FORWARDED_FOR)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.split(',').next())
+                    .map(|v| v.trim().to_string())
+                    .unwrap_or_else(|| connection.client.ip().to_string()),
+                extra: std::collections::BTreeMap::new(),
+            })
+        });
         RequestRecord {
             started,
             host,
-            path: request.uri().path().to_string(),
-            query: request.uri().query().unwrap_or("").to_string(),
             method: method_index(request.method()),
-            method_name: request.method().as_str().to_string(),
-            proto: match request.version() {
-                Version::HTTP_2 => "HTTP/2.0",
-                Version::HTTP_10 => "HTTP/1.0",
-                _ => "HTTP/1.1",
-            },
             connection,
             request_id,
-            req_content_length: headers
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0),
-            req_content_type: text(header::CONTENT_TYPE),
-            user_agent: text(header::USER_AGENT),
-            remote_addr: headers
-                .get(&X_FORWARDED_FOR)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(',').next())
-                .map(|v| v.trim().to_string())
-                .unwrap_or_else(|| connection.client.ip().to_string()),
-            service_id: None,
-            service: String::new(),
-            target: String::new(),
+            service: None,
+            target: None,
             error: None,
-            extra: std::collections::BTreeMap::new(),
-            log_response_headers: Vec::new(),
+            details,
         }
+    }
+
+    fn host(&self) -> &str {
+        self.host.to_str().unwrap_or("")
     }
 
     /// Keeps `--log-request-header` values (as `req_<name>`, lowercase with `_`, like kamal-proxy).
     fn note_request_headers(&mut self, names: &[String], headers: &HeaderMap) {
+        let Some(details) = &mut self.details else { return };
         for name in names {
             if let Some(value) = headers.get(name.as_str()).and_then(|v| v.to_str().ok()) {
-                self.extra.insert(format!("req_{}", name.to_ascii_lowercase().replace('-', "_")), value.to_string());
+                details.extra.insert(format!("req_{}", name.to_ascii_lowercase().replace('-', "_")), value.to_string());
             }
         }
     }
 
     fn log(&self, response: &Response<ProxyBody>) {
+        let Some(details) = &self.details else { return };
         let time = observability::now_rfc3339();
         let client_addr = self.connection.client.ip().to_string();
-        let mut extra = self.extra.clone();
-        for name in &self.log_response_headers {
-            if let Some(value) = response.headers().get(name.as_str()).and_then(|v| v.to_str().ok()) {
-                extra.insert(format!("resp_{}", name.to_ascii_lowercase().replace('-', "_")), value.to_string());
+        let mut extra = details.extra.clone();
+        if let Some(service) = &self.service {
+            for name in &service.options.log_response_headers {
+                if let Some(value) = response.headers().get(name.as_str()).and_then(|v| v.to_str().ok()) {
+                    extra.insert(format!("resp_{}", name.to_ascii_lowercase().replace('-', "_")), value.to_string());
+                }
             }
         }
         if let Some(error) = &self.error {
@@ -677,30 +695,50 @@ impl RequestRecord {
             time: &time,
             level: if response.status().is_server_error() { "WARN" } else { "INFO" },
             msg: "Request",
-            host: host_without_port(&self.host),
+            host: host_without_port(self.host()),
             port: self.connection.local_port,
-            path: &self.path,
-            query: &self.query,
-            method: &self.method_name,
-            proto: self.proto,
+            path: &details.path,
+            query: &details.query,
+            method: &details.method,
+            proto: details.proto,
             scheme: if self.connection.tls { "https" } else { "http" },
             request_id: self.request_id.to_str().unwrap_or(""),
             status: response.status().as_u16(),
-            service: &self.service,
-            target: &self.target,
+            service: self.service.as_ref().map_or("", |s| s.name.as_str()),
+            target: self.target.as_ref().map_or("", |t| t.address.as_str()),
             duration: self.started.elapsed().as_nanos() as u64,
-            req_content_length: self.req_content_length,
-            req_content_type: &self.req_content_type,
+            req_content_length: details.req_content_length,
+            req_content_type: &details.req_content_type,
             resp_content_length: response.body().size_hint().exact().unwrap_or(0),
             resp_content_type: response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or(""),
             client_addr: &client_addr,
             client_port: self.connection.client.port(),
-            remote_addr: &self.remote_addr,
-            user_agent: &self.user_agent,
+            remote_addr: &details.remote_addr,
+            user_agent: &details.user_agent,
             extra,
         };
         observability::log_request(&line);
     }
+}
+
+/// `t=<milliseconds since the epoch>` (Heroku/New Relic queue-time convention, as kamal-proxy sends it).
+fn request_start_header() -> HeaderValue {
+    let mut millis = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (millis % 10) as u8;
+        millis /= 10;
+        if millis == 0 {
+            break;
+        }
+    }
+    let mut text = [0u8; 22];
+    text[..2].copy_from_slice(b"t=");
+    let length = digits.len() - start;
+    text[2..2 + length].copy_from_slice(&digits[start..]);
+    HeaderValue::from_bytes(&text[..2 + length]).unwrap_or(HeaderValue::from_static("t=0"))
 }
 
 thread_local! {
@@ -733,9 +771,17 @@ fn new_request_id() -> HeaderValue {
     });
     let id = ((high as u128) << 64 | low as u128) & !(0xF000u128 << 64) | (0x4000u128 << 64);
     let id = id & !(0xC000u128 << 48) | (0x8000u128 << 48);
-    let hex = format!("{id:032x}");
-    let text = format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]);
-    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = [b'-'; 36];
+    let mut nibble = 0;
+    for (position, byte) in text.iter_mut().enumerate() {
+        if matches!(position, 8 | 13 | 18 | 23) {
+            continue;
+        }
+        *byte = HEX[((id >> (124 - 4 * nibble)) & 0xF) as usize];
+        nibble += 1;
+    }
+    HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("-"))
 }
 
 #[cfg(test)]

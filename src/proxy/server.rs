@@ -55,6 +55,8 @@ pub struct ServerConfig {
     pub acme_contact: Option<String>,
     /// Extra PEM root for the ACME directory's TLS (e.g. a test CA such as pebble's).
     pub acme_ca_root: Option<PathBuf>,
+    /// ACME challenges to try, in order.
+    pub acme_challenges: Vec<tls::acme::ChallengeKind>,
 }
 
 /// Which listener a connection came in on.
@@ -87,24 +89,25 @@ async fn serve(config: ServerConfig) -> Result<(), ProxyError> {
         config.acme_contact.clone(),
         config.state_dir.as_ref().map(|d| d.join("certs")),
         config.acme_ca_root.clone(),
-    );
+    )
+    .with_challenges(config.acme_challenges.clone());
     let certs = Arc::new(CertStore::new(acme));
     let router = Arc::new(Router::new(state_path, workers, Arc::clone(&certs)));
     let problems = router.restore().await;
     let metrics = Arc::new(Metrics::new(workers));
-    let shared = Arc::new(Shared {
-        router: Arc::clone(&router),
-        metrics: Arc::clone(&metrics),
-        access_log: config.access_log,
-        https_port: config.https_port,
-        body_read_timeout: config.read_timeout,
-    });
     let tls_config = tls::server_config(Arc::clone(&certs));
 
     let http = bind_listeners(config.bind, config.http_port, workers, "the HTTP port")?;
     let https = bind_listeners(config.bind, config.https_port, workers, "the HTTPS port")?;
     let http_port = local_port(&http);
     let https_port = local_port(&https);
+    let shared = Arc::new(Shared {
+        router: Arc::clone(&router),
+        metrics: Arc::clone(&metrics),
+        access_log: config.access_log,
+        https_port,
+        body_read_timeout: config.read_timeout,
+    });
     let control_listener = control::bind(&config.socket)?;
     let metrics_listener = match config.metrics_port {
         Some(port) => Some(bind_listeners(config.bind, port, 1, "the metrics port")?.remove(0)),
@@ -270,7 +273,7 @@ fn run_worker(
                     };
                     let _ = stream.set_nodelay(true);
                     let local_port = stream.local_addr().map_or(0, |a| a.port());
-                    let info = ConnectionInfo { client, local_port, tls: kind == ListenerKind::Https };
+                    let info = ConnectionInfo::new(client, local_port, kind == ListenerKind::Https);
                     let guard = Arc::clone(&connections);
                     let shared = Arc::clone(&shared);
                     let http1 = Arc::clone(&http1);
@@ -339,7 +342,7 @@ async fn serve_http1<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |request| handle(Arc::clone(&shared), info, request));
+    let service = service_fn(move |request| handle(Arc::clone(&shared), info.clone(), request));
     let connection = http1.serve_connection(TokioIo::new(io), service).with_upgrades();
     tokio::pin!(connection);
     tokio::select! {
@@ -368,7 +371,7 @@ async fn serve_tls(
         // A TLS-ALPN-01 validation only needs the handshake.
         Some(tls::ACME_TLS_ALPN) => {}
         Some(b"h2") => {
-            let service = service_fn(move |request| handle(Arc::clone(&shared), info, request));
+            let service = service_fn(move |request| handle(Arc::clone(&shared), info.clone(), request));
             let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             http2.timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
             let connection = http2.serve_connection(TokioIo::new(tls), service);

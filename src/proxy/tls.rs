@@ -61,7 +61,7 @@ impl CertStore {
 
     /// Keeps ACME certificates issued and renewed for as long as the proxy runs.
     pub async fn run_acme(self: Arc<Self>) {
-        std::future::pending::<()>().await
+        self.acme.run().await
     }
 
     /// Installs one certificate for several hosts.

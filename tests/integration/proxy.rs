@@ -52,18 +52,21 @@ impl Proxy {
         if !program.exists() {
             std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_berth"), &program).expect("link kamal-proxy");
         }
-        let log = dir.join(format!("proxy-{}.log", Instant::now().elapsed().as_nanos() ^ std::process::id() as u128));
+        let log = dir.join("proxy.log");
         let log_file = std::fs::File::create(&log).expect("log file");
         let metrics_port = free_port();
-        let mut args = vec![
-            "run".to_string(),
-            "--bind=127.0.0.1".into(),
-            "--http-port=0".into(),
-            "--https-port=0".into(),
+        let given = |flag: &str| extra_args.iter().any(|a| a.starts_with(flag));
+        let mut args = vec!["run".to_string(), "--bind=127.0.0.1".into()];
+        for flag in ["--http-port", "--https-port"] {
+            if !given(flag) {
+                args.push(format!("{flag}=0"));
+            }
+        }
+        args.extend([
             format!("--metrics-port={metrics_port}"),
             "--workers=1".into(),
             format!("--state-dir={}", dir.join("state").display()),
-        ];
+        ]);
         args.extend(extra_args.iter().map(|a| a.to_string()));
         let child = Command::new(&program)
             .args(&args)
@@ -771,4 +774,284 @@ async fn sigterm_lets_in_flight_requests_finish() {
     tokio::task::spawn_blocking(move || proxy.stop()).await.unwrap();
     let answer = in_flight.await.unwrap();
     assert_eq!(answer.body, "app");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_sends_cookie_holders_to_the_canary_and_stops_cleanly() {
+    let proxy = Proxy::start();
+    let stable = Backend::start("stable").await;
+    let canary = Backend::start("canary").await;
+    proxy.ctl_ok(&["deploy", "app", &stable.target(), "--host=app.test"]).await;
+    let output = proxy.ctl_async(&["rollout", "set", "app", "--percent=50"]).await;
+    assert!(String::from_utf8_lossy(&output.stderr).contains("rollout deploy"), "needs a rollout slot first");
+
+    proxy.ctl_ok(&["rollout", "deploy", "app", &canary.target()]).await;
+    proxy.ctl_ok(&["rollout", "set", "app", "--allowlist=vip,beta-tester"]).await;
+    let with_cookie = |value: &str| {
+        Request::get("/")
+            .header("host", "app.test")
+            .header("cookie", format!("session=1; kamal-rollout={value}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let mut client = Client::new(proxy.http_port);
+    assert_eq!(client.send(with_cookie("vip")).await.unwrap().body, "canary");
+    assert_eq!(client.send(with_cookie("someone")).await.unwrap().body, "stable");
+    assert_eq!(get(proxy.http_port, "app.test", "/").await.body, "stable", "no cookie: the active slot");
+
+    proxy.ctl_ok(&["rollout", "set", "app", "--percent=100"]).await;
+    assert_eq!(client.send(with_cookie("someone")).await.unwrap().body, "canary");
+
+    proxy.ctl_ok(&["rollout", "stop", "app"]).await;
+    assert_eq!(client.send(with_cookie("vip")).await.unwrap().body, "stable");
+}
+
+/// A CA and a certificate for `hosts` signed by it, made with the openssl command line.
+fn make_certificate(dir: &Path, hosts: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let output = Command::new("openssl").args(args).current_dir(dir).output().expect("run openssl");
+        assert!(output.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=berth test CA"],
+    ]
+    .concat());
+    run(&[&["req"][..], &ec, &["-keyout", "leaf.key", "-out", "leaf.csr", "-subj", &format!("/CN={}", hosts[0])]]
+        .concat());
+    let names: Vec<String> = hosts
+        .iter()
+        .map(|h| if h.parse::<std::net::IpAddr>().is_ok() { format!("IP:{h}") } else { format!("DNS:{h}") })
+        .collect();
+    std::fs::write(dir.join("leaf.ext"), format!("subjectAltName={}\n", names.join(","))).unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+    ]);
+    (dir.join("ca.pem"), dir.join("leaf.pem"), dir.join("leaf.key"))
+}
+
+/// `curl` over HTTPS to the proxy, trusting `ca`, with `host` resolved to loopback.
+async fn curl_https(ca: &Path, host: &str, port: u16, path: &str) -> (String, String) {
+    let args = vec![
+        "-sS".to_string(),
+        "-i".into(),
+        "--max-time".into(),
+        "5".into(),
+        "--cacert".into(),
+        ca.display().to_string(),
+        "--resolve".into(),
+        format!("{host}:{port}:127.0.0.1"),
+        format!("https://{host}:{port}{path}"),
+    ];
+    let output = tokio::task::spawn_blocking(move || Command::new("curl").args(&args).output().expect("run curl"))
+        .await
+        .unwrap();
+    (String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_from_certificate_files_with_http_redirect() {
+    let proxy = Proxy::start();
+    let app = Backend::start("secure-app").await;
+    let (ca, cert, key) = make_certificate(&proxy.dir, &["secure.test", "www.secure.test"]);
+    let cert_flag = format!("--tls-certificate-path={}", cert.display());
+    let key_flag = format!("--tls-private-key-path={}", key.display());
+    proxy
+        .ctl_ok(&[
+            "deploy",
+            "secure",
+            &app.target(),
+            "--host=secure.test,www.secure.test",
+            "--tls",
+            &cert_flag,
+            &key_flag,
+        ])
+        .await;
+
+    let (answer, errors) = curl_https(&ca, "secure.test", proxy.https_port, "/headers").await;
+    assert!(answer.starts_with("HTTP/2 200") || answer.starts_with("HTTP/1.1 200"), "{answer}{errors}");
+    assert!(answer.contains("\"x-forwarded-proto\":\"https\""), "{answer}");
+    let (answer, errors) = curl_https(&ca, "www.secure.test", proxy.https_port, "/").await;
+    assert!(answer.ends_with("secure-app"), "{answer}{errors}");
+
+    let redirect = get(proxy.http_port, "secure.test", "/path?q=1").await;
+    assert_eq!(redirect.status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(redirect.headers["location"], format!("https://secure.test:{}/path?q=1", proxy.https_port));
+
+    // A missing key file fails the deploy and leaves the service as it was.
+    let bad_key = format!("--tls-private-key-path={}", proxy.dir.join("missing.key").display());
+    let output = proxy
+        .ctl_async(&["deploy", "secure", &app.target(), "--host=secure.test", "--tls", &cert_flag, &bad_key])
+        .await;
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("missing.key"));
+    let (answer, _) = curl_https(&ca, "secure.test", proxy.https_port, "/").await;
+    assert!(answer.ends_with("secure-app"), "{answer}");
+}
+
+/// A child process killed on drop (pebble and its DNS server).
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// pebble (a local ACME CA) with pebble-challtestsrv answering every DNS name with 127.0.0.1. It validates
+/// challenges against the proxy's HTTP port (HTTP-01) and HTTPS port (TLS-ALPN-01).
+struct Pebble {
+    _dns: Daemon,
+    _pebble: Daemon,
+    directory: String,
+    management_port: u16,
+    ca: PathBuf,
+}
+
+impl Pebble {
+    fn start(dir: &Path, http_port: u16, https_port: u16, acme_port: u16) -> Pebble {
+        let status =
+            Command::new("bash").arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/bench/install-deps.sh")).status();
+        assert!(status.is_ok_and(|s| s.success()), "install pebble (tests/bench/install-deps.sh)");
+        let (ca, cert, key) = make_certificate(dir, &["127.0.0.1", "localhost"]);
+        let dns_port = free_port();
+        let dns_management = free_port();
+        let dns = Command::new("pebble-challtestsrv")
+            .args(["-dns01", &format!("127.0.0.1:{dns_port}"), "-http01", "", "-https01", "", "-tlsalpn01", ""])
+            .args([
+                "-management",
+                &format!("127.0.0.1:{dns_management}"),
+                "-defaultIPv4",
+                "127.0.0.1",
+                "-defaultIPv6",
+                "",
+            ])
+            .stdout(std::fs::File::create(dir.join("challtestsrv.log")).unwrap())
+            .stderr(std::fs::File::create(dir.join("challtestsrv.err")).unwrap())
+            .spawn()
+            .expect("start pebble-challtestsrv");
+        let management_port = free_port();
+        let config = serde_json::json!({"pebble": {
+            "listenAddress": format!("127.0.0.1:{acme_port}"),
+            "managementListenAddress": format!("127.0.0.1:{management_port}"),
+            "certificate": cert, "privateKey": key,
+            "httpPort": http_port, "tlsPort": https_port,
+            "ocspResponderURL": "", "externalAccountBindingRequired": false,
+        }});
+        std::fs::write(dir.join("pebble.json"), config.to_string()).unwrap();
+        let pebble = Command::new("pebble")
+            .args([
+                "-config",
+                dir.join("pebble.json").to_str().unwrap(),
+                "-dnsserver",
+                &format!("127.0.0.1:{dns_port}"),
+            ])
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .stdout(std::fs::File::create(dir.join("pebble.log")).unwrap())
+            .stderr(std::fs::File::create(dir.join("pebble.err")).unwrap())
+            .spawn()
+            .expect("start pebble");
+        let (dns, pebble) = (Daemon(dns), Daemon(pebble));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", acme_port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "pebble did not start: {}",
+                std::fs::read_to_string(dir.join("pebble.err")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Pebble {
+            _dns: dns,
+            _pebble: pebble,
+            directory: format!("https://127.0.0.1:{acme_port}/dir"),
+            management_port,
+            ca,
+        }
+    }
+
+    /// The root that signs pebble's certificates (random per pebble run).
+    fn issuing_root(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("pebble-root.pem");
+        let output = Command::new("curl")
+            .args([
+                "-sS",
+                "--cacert",
+                self.ca.to_str().unwrap(),
+                &format!("https://127.0.0.1:{}/roots/0", self.management_port),
+            ])
+            .output()
+            .expect("run curl");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        std::fs::write(&path, &output.stdout).unwrap();
+        path
+    }
+}
+
+/// Automatic certificates: for each challenge kind, a proxy obtains a certificate from pebble for a TLS
+/// service, serves it, redirects HTTP to HTTPS, and after a restart serves the cached certificate at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acme_certificates_from_pebble_over_both_challenges() {
+    for challenge in ["tls-alpn-01", "http-01"] {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path();
+        let app = Backend::start("acme-app").await;
+        let acme_port = free_port();
+        let args = |ca: &Path| {
+            vec![
+                format!("--acme-directory=https://127.0.0.1:{acme_port}/dir"),
+                format!("--acme-ca-root={}", ca.display()),
+                format!("--acme-challenges={challenge}"),
+                "--acme-contact=ops@example.test".to_string(),
+            ]
+        };
+        // The proxy's ports must be known before pebble starts; a first proxy run picks them.
+        let ca_path = dir.join("ca.pem");
+        std::fs::create_dir_all(dir).unwrap();
+        let first_args = args(&ca_path);
+        let first_args: Vec<&str> = first_args.iter().map(String::as_str).collect();
+        let mut proxy = Proxy::start_in(dir, &first_args);
+        let pebble = Pebble::start(dir, proxy.http_port, proxy.https_port, acme_port);
+        assert_eq!(pebble.directory, format!("https://127.0.0.1:{acme_port}/dir"));
+
+        let host = format!("{}.acme.test", challenge.replace('-', ""));
+        proxy.ctl_ok(&["deploy", "secure", &app.target(), &format!("--host={host}"), "--tls"]).await;
+        let issued = proxy
+            .wait_for_log(|l| l["msg"] == "Challenge passed" && l["host"] == host.as_str(), Duration::from_secs(60));
+        assert_eq!(issued["challenge"], challenge);
+        let root = pebble.issuing_root(dir);
+        let (answer, errors) = curl_https(&root, &host, proxy.https_port, "/").await;
+        assert!(answer.ends_with("acme-app"), "{answer}{errors}\n{:?}", proxy.log_lines());
+        let redirect = get(proxy.http_port, &host, "/x").await;
+        assert_eq!(redirect.status, StatusCode::MOVED_PERMANENTLY);
+
+        // Restart: the cached certificate is served without a new order.
+        let (http_port, https_port) = (proxy.http_port, proxy.https_port);
+        proxy.stop();
+        let restart_args = args(&ca_path);
+        let mut restart_args: Vec<String> = restart_args;
+        restart_args.extend([format!("--http-port={http_port}"), format!("--https-port={https_port}")]);
+        let restart_args: Vec<&str> = restart_args.iter().map(String::as_str).collect();
+        let proxy = Proxy::start_in(dir, &restart_args);
+        let (answer, errors) = curl_https(&root, &host, proxy.https_port, "/").await;
+        assert!(answer.ends_with("acme-app"), "{answer}{errors}");
+        assert!(!proxy.log_lines().iter().any(|l| l["msg"] == "Certificate issued"), "served from the cache");
+    }
 }
