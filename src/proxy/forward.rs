@@ -176,15 +176,13 @@ async fn route_and_forward(
         Err(response) => return response,
     };
 
-    let send = send_upstream(&target, upstream_request);
-    let timed = tokio::time::timeout(options.target_timeout, send);
-    let outcome = tokio::select! {
-        biased;
-        outcome = timed => outcome,
-        () = target.requests_cancelled() => return page(Some(&service), StatusCode::GATEWAY_TIMEOUT, None),
-    };
+    let outcome = tokio::time::timeout(options.target_timeout, send_upstream(&target, upstream_request)).await;
     let (mut response, sender) = match outcome {
         Ok(Ok(answer)) => answer,
+        Ok(Err(_)) if target.is_cancelled() => {
+            record.error = Some("cancelled: the target's drain timed out".to_string());
+            return page(Some(&service), StatusCode::GATEWAY_TIMEOUT, None);
+        }
         Ok(Err(error)) => {
             record.error = Some(error.to_string());
             return page(Some(&service), StatusCode::BAD_GATEWAY, None);
@@ -466,7 +464,6 @@ pub struct UpstreamResponse {
     body: Incoming,
     claim: Option<InFlight>,
     sender: Option<SendRequest<UpstreamBody>>,
-    cancelled: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
 impl ProxyBody {
@@ -484,7 +481,7 @@ impl ProxyBody {
         claim: InFlight,
         sender: Option<SendRequest<UpstreamBody>>,
     ) -> ProxyBody {
-        let mut upstream = UpstreamResponse { head, body, claim: Some(claim), sender, cancelled: None };
+        let mut upstream = UpstreamResponse { head, body, claim: Some(claim), sender };
         if upstream.head.is_none() && upstream.body.is_end_stream() {
             upstream.finish();
         }
@@ -538,18 +535,9 @@ impl Body for ProxyBody {
                 upstream.claim = None;
                 Poll::Ready(Some(Err(error.into())))
             }
-            Poll::Pending => {
-                // A body still streaming when its target's drain times out is cut; the cancellation
-                // future is only created for bodies that actually wait.
-                let Some(claim) = &upstream.claim else { return Poll::Pending };
-                let cancelled = upstream.cancelled.get_or_insert_with(|| Box::pin(claim.target().requests_cancelled()));
-                if cancelled.as_mut().poll(cx).is_ready() || claim.target().is_cancelled() {
-                    upstream.sender = None;
-                    upstream.claim = None;
-                    return Poll::Ready(Some(Err("response cut: the target's drain timed out".into())));
-                }
-                Poll::Pending
-            }
+            // A body still streaming when its target's drain times out fails here: the drain aborts the
+            // target's connections.
+            Poll::Pending => Poll::Pending,
         }
     }
 

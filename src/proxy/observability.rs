@@ -20,6 +20,8 @@ pub const LOG_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 
 thread_local! {
     static LOG_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// This worker's metrics since it last published them (no lock on the request path).
+    static LOCAL_METRICS: RefCell<WorkerMetrics> = RefCell::new(WorkerMetrics::default());
 }
 
 /// One request's access-log line (kamal-proxy's `"msg":"Request"` fields).
@@ -186,24 +188,49 @@ impl Metrics {
         Metrics { workers: (0..workers.max(1)).map(|_| Mutex::default()).collect(), deploys: Mutex::default() }
     }
 
-    fn worker(&self) -> std::sync::MutexGuard<'_, WorkerMetrics> {
-        self.workers[worker_index() % self.workers.len()].lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     pub fn request_started(&self, service: u32) {
-        *self.worker().started.entry(service).or_default() += 1;
+        LOCAL_METRICS.with(|m| *m.borrow_mut().started.entry(service).or_default() += 1);
     }
 
     pub fn request_finished(&self, service: u32, method: u8, status: u16, duration: Duration) {
         let seconds = duration.as_secs_f64();
-        let mut worker = self.worker();
-        *worker.finished.entry(service).or_default() += 1;
-        let cell = worker.requests.entry(RequestKey { service, method, status }).or_default();
-        cell.count += 1;
-        cell.duration_sum += seconds;
-        if let Some(bucket) = BUCKETS.iter().position(|b| seconds <= *b) {
-            cell.buckets[bucket] += 1;
-        }
+        LOCAL_METRICS.with(|m| {
+            let mut worker = m.borrow_mut();
+            *worker.finished.entry(service).or_default() += 1;
+            let cell = worker.requests.entry(RequestKey { service, method, status }).or_default();
+            cell.count += 1;
+            cell.duration_sum += seconds;
+            if let Some(bucket) = BUCKETS.iter().position(|b| seconds <= *b) {
+                cell.buckets[bucket] += 1;
+            }
+        });
+    }
+
+    /// Moves this thread's counts into its shared slot, where scrapes read them (called every
+    /// [`LOG_FLUSH_INTERVAL`] by each worker, so a scrape is at most that stale).
+    pub fn publish(&self) {
+        LOCAL_METRICS.with(|m| {
+            let mut local = m.borrow_mut();
+            if local.started.is_empty() && local.finished.is_empty() {
+                return;
+            }
+            let mut shared =
+                self.workers[worker_index() % self.workers.len()].lock().unwrap_or_else(|e| e.into_inner());
+            for (key, cell) in local.requests.drain() {
+                let total = shared.requests.entry(key).or_default();
+                total.count += cell.count;
+                total.duration_sum += cell.duration_sum;
+                for (t, c) in total.buckets.iter_mut().zip(cell.buckets) {
+                    *t += c;
+                }
+            }
+            for (service, n) in local.started.drain() {
+                *shared.started.entry(service).or_default() += n;
+            }
+            for (service, n) in local.finished.drain() {
+                *shared.finished.entry(service).or_default() += n;
+            }
+        });
     }
 
     /// Records a finished deploy (for `berth_proxy_deploys_total` and its duration).
@@ -326,6 +353,7 @@ mod tests {
         metrics.request_started(1);
         metrics.request_started(1);
         metrics.request_finished(1, method_index(&http::Method::GET), 200, Duration::from_millis(3));
+        metrics.publish();
         let text = metrics.render(&HashMap::from([(1, "app".to_string())]));
         assert!(
             text.contains("kamal_proxy_http_requests_total{method=\"GET\",service=\"app\",status=\"200\"} 1"),

@@ -307,10 +307,12 @@ fn run_worker(
                 }
             });
         }
-        let flusher = tokio::spawn(async {
+        let metrics = Arc::clone(&shared.metrics);
+        let flusher = tokio::spawn(async move {
             let mut tick = tokio::time::interval(observability::LOG_FLUSH_INTERVAL);
             loop {
                 tick.tick().await;
+                metrics.publish();
                 observability::flush_access_log();
             }
         });
@@ -322,6 +324,7 @@ fn run_worker(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         flusher.abort();
+        shared.metrics.publish();
         observability::flush_access_log();
     });
 }

@@ -122,6 +122,9 @@ pub struct Target {
     /// Idle keep-alive connections, one list per worker runtime (a connection is driven by the runtime
     /// that opened it, so handing it to another worker would add cross-thread wake-ups).
     pools: Box<[Mutex<Vec<SendRequest<UpstreamBody>>>]>,
+    /// The driver tasks of this target's connections: a drain that times out aborts them, which fails
+    /// the requests still on them (they answer 504) without any per-request cancellation hook.
+    connections: Mutex<Vec<tokio::task::AbortHandle>>,
     resolved: Mutex<Option<(SocketAddr, Instant)>>,
 }
 
@@ -159,6 +162,7 @@ impl Target {
             health,
             served: AtomicU64::new(0),
             pools: (0..workers.max(1)).map(|_| Mutex::new(Vec::new())).collect(),
+            connections: Mutex::new(Vec::new()),
             resolved: Mutex::new(None),
         }))
     }
@@ -236,6 +240,9 @@ impl Target {
         if outcome != DrainOutcome::Completed {
             self.all_cancelled.store(true, Ordering::SeqCst);
             self.cancel_all.notify_waiters();
+            for connection in self.connections.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+                connection.abort();
+            }
         }
         self.close_idle_connections();
         outcome
@@ -308,10 +315,13 @@ impl Target {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| UpstreamError::Connect(e.to_string()))?;
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             // The connection ends when the target closes it or every sender is dropped; either is normal.
             let _ = connection.with_upgrades().await;
         });
+        let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        connections.retain(|c| !c.is_finished());
+        connections.push(task.abort_handle());
         Ok(sender)
     }
 

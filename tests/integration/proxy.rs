@@ -1055,3 +1055,23 @@ async fn acme_certificates_from_pebble_over_both_challenges() {
         assert!(!proxy.log_lines().iter().any(|l| l["msg"] == "Certificate issued"), "served from the cache");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_the_drain_timeout_are_cut_with_504() {
+    let proxy = Proxy::start();
+    let old = Backend::start("old").await;
+    let new = Backend::start("new").await;
+    proxy.ctl_ok(&["deploy", "app", &old.target()]).await;
+    let port = proxy.http_port;
+    let slow = tokio::spawn(async move { get(port, "a", "/slow?ms=5000").await });
+    wait_until("the slow request to reach the old target", Duration::from_secs(5), || {
+        old.served.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let started = Instant::now();
+    proxy.ctl_ok(&["deploy", "app", &new.target(), "--drain-timeout=300ms"]).await;
+    assert!(started.elapsed() < Duration::from_secs(2), "deploy waited {:?}", started.elapsed());
+    let answer = tokio::time::timeout(Duration::from_secs(2), slow).await.expect("cut promptly").unwrap();
+    assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(get(proxy.http_port, "a", "/").await.body, "new");
+}
