@@ -262,7 +262,7 @@ fn run_proxy_control(proxy: &ProxyCommand) -> anyhow::Result<()> {
 /// `berth NAME …` where NAME is in `aliases:`: the alias's command line with the rest appended, run again.
 fn run_alias(global: &GlobalArgs, env: &Environment, words: &[String], out: &mut dyn Write) -> anyhow::Result<()> {
     let (name, rest) = words.split_first().expect("clap gives the subcommand name");
-    let config = load_config(global, env)?;
+    let config = load_config_without_version(global, env)?;
     let Some(alias) = config.aliases.get(name) else {
         let mut known: Vec<&str> = config.aliases.keys().map(String::as_str).collect();
         known.sort();
@@ -310,6 +310,16 @@ fn load_config(global: &GlobalArgs, env: &Environment) -> Result<Config, crate::
         version: global.version.clone(),
     };
     Config::load(&options, env)
+}
+
+/// The configuration for commands that never use the version: with no version to be found, `latest` stands in.
+fn load_config_without_version(global: &GlobalArgs, env: &Environment) -> Result<Config, crate::config::ConfigError> {
+    match load_config(global, env) {
+        Err(crate::config::ConfigError::NoVersion { .. }) => {
+            load_config(&GlobalArgs { version: Some("latest".into()), ..global.clone() }, env)
+        }
+        other => other,
+    }
 }
 
 /// The project root for commands that don't need the whole configuration (the parent of `config/`).

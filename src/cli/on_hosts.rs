@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::hosts_commands::*;
-use super::{Cli, Command, GlobalArgs, load_config};
+use super::{Cli, Command, GlobalArgs, load_config, load_config_without_version};
 use crate::commands::app::LogOptions;
 use crate::engine::flows::DeployOptions;
 use crate::engine::output::{ConsoleSink, Redactor, Verbosity};
@@ -41,11 +41,20 @@ pub fn run(cli: &Cli, env: &Environment) -> anyhow::Result<bool> {
         _ => return Ok(false),
     };
     let global = &cli.global;
-    let mut global_for_config = GlobalArgs { ..global.clone() };
+    let mut global_for_config = global.clone();
     if let Command::Rollback { version } = &cli.command {
         global_for_config.version = Some(version.clone());
     }
-    let config = load_config(&global_for_config, env)?;
+    let needs_version = matches!(
+        cli.command,
+        Command::Setup(_) | Command::Deploy(_) | Command::Redeploy(_) | Command::Build(_)
+    );
+    // Like Kamal, only commands that deploy need a version; the others use the `latest` tag's.
+    let config = if needs_version {
+        load_config(&global_for_config, env)?
+    } else {
+        load_config_without_version(&global_for_config, env)?
+    };
     let verbosity = if global.quiet {
         Verbosity::Quiet
     } else if global.verbose {

@@ -43,7 +43,7 @@ impl Engine {
                 let proxied = proxy_hosts.contains(&host);
                 async move {
                     let started = Instant::now();
-                    self.remote().run(&host, &proxy::create_network()).await?;
+                    self.remote().run(&host, &proxy::ensure_network()).await?;
                     if !proxied {
                         return Ok(());
                     }
@@ -134,7 +134,7 @@ impl Engine {
                     async move {
                         let started = Instant::now();
                         let image_name = self.ensure_proxy_image(&host, &image).await?;
-                        self.remote().run(&host, &proxy::create_network()).await?;
+                        self.remote().run(&host, &proxy::ensure_network()).await?;
                         self.remote().run(&host, &proxy::stop_container()).await?;
                         self.remote().run(&host, &proxy::remove_container()).await?;
                         self.remote().run(&host, &proxy::ensure_apps_config_directory()).await?;

@@ -38,7 +38,9 @@ impl ProxyImage {
         let image = format!("{REPOSITORY}:{}-{hash}", env!("CARGO_PKG_VERSION"));
 
         let mut tar = tar::Builder::new(Vec::new());
+        let mut directories = std::collections::BTreeSet::new();
         for dir in ["tmp", "usr", "usr/local", "usr/local/bin", "home", "home/kamal-proxy"] {
+            directories.insert(dir.to_string());
             append_dir(&mut tar, dir, if dir == "tmp" { 0o1777 } else { 0o755 })?;
         }
         append_file(&mut tar, BINARY_PATH, &bytes, 0o755)?;
@@ -47,7 +49,9 @@ impl ProxyImage {
             let mut parents = PathBuf::new();
             for component in library.parent().into_iter().flat_map(Path::components).skip(1) {
                 parents.push(component);
-                append_dir(&mut tar, &parents.to_string_lossy(), 0o755)?;
+                if directories.insert(parents.to_string_lossy().into_owned()) {
+                    append_dir(&mut tar, &parents.to_string_lossy(), 0o755)?;
+                }
             }
             append_file(&mut tar, &library.to_string_lossy(), &contents, 0o755)?;
         }
@@ -124,6 +128,8 @@ mod tests {
         assert!(names.contains(&"usr/local/bin/kamal-proxy".to_string()), "{names:?}");
         assert!(names.contains(&"tmp/".to_string()), "{names:?}");
         assert!(names.iter().any(|name| name.contains("libc.so")), "{names:?}");
+        let unique: std::collections::BTreeSet<&String> = names.iter().collect();
+        assert_eq!(unique.len(), names.len(), "docker import refuses duplicate paths: {names:?}");
         let again = ProxyImage::from_binary(Path::new("/bin/true")).unwrap();
         assert_eq!(image.image, again.image, "same binary, same tag");
     }

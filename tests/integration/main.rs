@@ -12,3 +12,5 @@ mod cli_config;
 mod ssh;
 // The berth proxy (run as `kamal-proxy`): deploys under load, routing, restore, WebSocket/SSE, TLS.
 mod proxy;
+// Kamal's commands end to end on the bench: setup, deploys under load, rollback, prune, locks, app commands.
+mod deploy;

@@ -27,6 +27,8 @@
 //! | `/echo` | 200 with the request line, headers and body |
 //! | `/crash?code=N` | exits at once with code N (default 1), no answer |
 //!
+//! Run with `--version` it prints its version, with `--env NAME` the value of NAME, and exits (for `app exec`).
+//!
 //! SIGTERM (or SIGINT): stops accepting connections, lets requests already being read or answered finish
 //! (their answers say `Connection: close`), then exits 0. Idle keep-alive connections are simply closed.
 
@@ -119,6 +121,21 @@ fn wait_for_signal(set: &libc::sigset_t) -> libc::c_int {
 }
 
 fn main() {
+    // One-off commands for `app exec`: the image has no shell, so the binary itself answers.
+    // (The entrypoint is this binary, so `docker run IMAGE /berth-test-app --version` passes its own path first.)
+    let args: Vec<String> = std::env::args().skip(1).skip_while(|arg| arg.ends_with("berth-test-app")).collect();
+    match args.first().map(String::as_str) {
+        Some("--version") => {
+            println!("{}", env_or("APP_VERSION", "dev"));
+            return;
+        }
+        Some("--env") => {
+            let name = args.get(1).map(String::as_str).unwrap_or_default();
+            println!("{}", std::env::var(name).unwrap_or_default());
+            return;
+        }
+        _ => {}
+    }
     let signals = block_termination_signals();
     let app = Arc::new(App {
         version: env_or("APP_VERSION", "dev"),
