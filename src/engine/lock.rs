@@ -67,7 +67,13 @@ impl Engine {
             locked_by: self.performer.clone(),
             locked_at: super::now_iso8601(),
             version: config.version.clone(),
-            message: format!("{message}\n{}", Holder::current().line()),
+            // Only a lock held for the length of a command names its process; a lock taken by hand (`lock
+            // acquire`) is held by a person, outlives the process, and is never "stale".
+            message: if message == AUTOMATIC_MESSAGE {
+                format!("{message}\n{}", Holder::current().line())
+            } else {
+                message.to_string()
+            },
         };
         self.remote().run(&host, &lock::ensure_run_directory()).await?;
         let started = Instant::now();

@@ -245,3 +245,177 @@ fn deploys_without_dropping_a_request_and_rolls_back_a_broken_version_everywhere
         assert!(!out.stdout.contains(SECRET_TOKEN) && !out.stderr.contains(SECRET_TOKEN));
     }
 }
+
+fn one_host_config(bench: &Bench) -> String {
+    let registry = bench.registry();
+    format!(
+        "service: app
+image: berth-test-app
+registry:
+  server: {server}
+  username: {user}
+  password:
+    - KAMAL_REGISTRY_PASSWORD
+servers:
+  - {h1}
+env:
+  secret:
+    - SECRET_TOKEN
+builder:
+  arch: amd64
+ssh:
+  user: {ssh_user}
+deploy_timeout: 10
+drain_timeout: 2
+",
+        server = registry.addr,
+        user = registry.user,
+        h1 = bench.host(1).ip,
+        ssh_user = bench.ssh_user(),
+    )
+}
+
+/// Every process's command line on this machine (the bench's hosts are namespaces of it, so this sees the
+/// processes berth starts on them too).
+fn all_command_lines() -> Vec<String> {
+    let mut lines = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(raw) = std::fs::read(entry.path().join("cmdline")) {
+            lines.push(String::from_utf8_lossy(&raw).replace('\0', " "));
+        }
+    }
+    lines
+}
+
+/// Watches every process's argv until stopped; returns the command lines that contained one of `needles`.
+fn watch_argv(needles: Vec<String>) -> (std::sync::Arc<std::sync::atomic::AtomicBool>, std::thread::JoinHandle<Vec<String>>) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+            for line in all_command_lines() {
+                if needles.iter().any(|needle| line.contains(needle.as_str())) && !seen.contains(&line) {
+                    seen.push(line);
+                }
+            }
+        }
+        seen
+    });
+    (stop, handle)
+}
+
+/// The lock: a held lock stops a deploy and says who holds it; `lock release` frees it; a deploy killed with
+/// SIGKILL while holding it does not block the next one. Meanwhile no secret shows in any process's argv.
+#[test]
+fn a_held_lock_blocks_deploys_and_a_killed_deploy_leaves_no_lock_behind() {
+    let bench = Bench::start(1);
+    for version in ["v1", "v2", "v3"] {
+        bench.push_test_app_with(version, &[("SERVICE", "app")]);
+    }
+    let password = bench.registry().password();
+    let config = one_host_config(&bench);
+    let d = Deployment::new(bench, &config);
+    let h1 = d.host(1).clone();
+
+    let (stop, watcher) = watch_argv(vec![SECRET_TOKEN.to_string(), password.clone()]);
+    d.berth(&["setup", "-P", "--version", "v1"]).ok();
+    assert_eq!(d.version_served(&h1), "v1");
+
+    // A lock taken by hand blocks the deploy, which says who holds it and why.
+    d.berth(&["lock", "acquire", "-m", "Migrating the database (Ana)"]).ok();
+    let status = d.berth(&["lock", "status"]);
+    assert!(status.ok().contains("Migrating the database (Ana)"), "{}", status.stdout);
+    let denied = d.berth(&["deploy", "-P", "--version", "v2"]);
+    let err = denied.err();
+    assert!(err.contains("Deploy lock found") && err.contains("Migrating the database (Ana)"), "{err}");
+    assert_eq!(d.version_served(&h1), "v1", "nothing changed");
+    d.berth(&["lock", "release"]).ok();
+    assert!(d.berth(&["lock", "status"]).ok().contains("There is no deploy lock"));
+    d.berth(&["deploy", "-P", "--version", "v2"]).ok();
+    assert_eq!(d.version_served(&h1), "v2");
+
+    // A deploy killed (SIGKILL) while it holds the lock: its pre-deploy hook parks it under the lock.
+    let hook = d.project.write(
+        ".kamal/hooks/pre-deploy",
+        "#!/bin/sh\necho $$ > \"$(dirname \"$0\")/../../hook.pid\"\nexec sleep 60\n",
+    );
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["deploy", "-P", "--version", "v3"])
+        .current_dir(d.project.path())
+        .env_clear()
+        .envs(&d.project.env)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid_file = d.project.path().join("hook.pid");
+    Bench::wait_for("the deploy to hold the lock and run its hook", Duration::from_secs(60), || {
+        pid_file.exists().then_some(())
+    });
+    assert!(d.bench.ssh(&h1, "test -d .kamal/lock-app").status.success(), "the killed deploy held the lock");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let hook_pid = std::fs::read_to_string(&pid_file).unwrap().trim().to_string();
+    let _ = std::process::Command::new("kill").arg(&hook_pid).status();
+    std::fs::remove_file(&hook).unwrap();
+    assert_eq!(d.version_served(&h1), "v2", "the host still serves its version");
+
+    let next = d.berth(&["deploy", "-P", "--version", "v3"]);
+    assert!(next.ok().contains("stale deploy lock"), "the next deploy says it cleared the stale lock:\n{}", next.stdout);
+    assert_eq!(d.version_served(&h1), "v3");
+
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let leaked = watcher.join().unwrap();
+    assert!(leaked.is_empty(), "a secret appeared in a process's argv: {leaked:#?}");
+}
+
+/// `-d` destinations (their own config file, secrets, container names and lock), and SSH that refuses a host
+/// whose key changed and gives up on an unreachable host within the connect timeout.
+#[test]
+fn destinations_and_ssh_failures() {
+    let bench = Bench::start(1);
+    bench.push_test_app_with("v1", &[("SERVICE", "app")]);
+    let config = one_host_config(&bench);
+    let d = Deployment::new(bench, &config);
+    let h1 = d.host(1).clone();
+    d.project.write("config/deploy.staging.yml", "env:\n  clear:\n    STAGE: staging\n");
+    let password = d.bench.registry().password();
+    d.project.write(".kamal/secrets.staging", &format!("KAMAL_REGISTRY_PASSWORD={password}\nSECRET_TOKEN=staging-token\n"));
+
+    d.berth(&["-d", "staging", "setup", "-P", "--version", "v1"]).ok();
+    assert_eq!(d.containers(&h1, &["--filter", "name=^app-web-staging-v1$"]), ["app-web-staging-v1"]);
+    assert_eq!(d.get(&h1, "/env/STAGE").body, "staging");
+    assert_eq!(d.get(&h1, "/env/SECRET_TOKEN").body, "staging-token", "the destination's secrets file");
+    assert_eq!(d.get(&h1, "/env/KAMAL_DESTINATION").body, "staging");
+    assert!(d.bench.ssh_ok(&h1, "cat .kamal/app-staging-audit.log").contains("Booted app version v1"));
+    assert!(d.berth(&["-d", "staging", "app", "version"]).ok().contains("v1"));
+
+    // A host whose key changed is refused, saying so.
+    let known_hosts = d.project.path().join("home/.ssh/known_hosts");
+    let original = std::fs::read_to_string(&known_hosts).unwrap();
+    let other_key = d.project.path().join("otherkey");
+    let keygen = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other_key)
+        .output()
+        .unwrap();
+    assert!(keygen.status.success());
+    let public = std::fs::read_to_string(other_key.with_extension("pub")).unwrap();
+    let key = public.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    std::fs::write(&known_hosts, format!("{} {key}\n", h1.ip)).unwrap();
+    let refused = d.berth(&["-d", "staging", "app", "version"]);
+    let err = refused.err().to_lowercase();
+    assert!(err.contains(&h1.ip) && err.contains("changed"), "{err}");
+    std::fs::write(&known_hosts, original).unwrap();
+
+    // An unreachable host fails within the connect timeout, naming the host.
+    let unreachable = format!("{}.250", h1.ip.rsplit_once('.').unwrap().0);
+    d.project.write("config/deploy.yml", &config.replace(&format!("  - {}\n", h1.ip), &format!("  - {unreachable}\n")));
+    let started = std::time::Instant::now();
+    let failed = d.berth(&["app", "version"]);
+    let err = failed.err();
+    assert!(err.contains(&unreachable), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+}
