@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
@@ -171,10 +171,11 @@ async fn route_and_forward(
     let wants_upgrade = is_upgrade_request(request.headers());
     let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut request));
     let options = &service.options;
-    let upstream_request = match build_upstream_request(shared, request, &service, strip_len, record).await {
-        Ok(request) => request,
-        Err(response) => return response,
-    };
+    let upstream_request =
+        match build_upstream_request(shared, request, &service, strip_len, wants_upgrade, record).await {
+            Ok(request) => request,
+            Err(response) => return response,
+        };
 
     let outcome = tokio::time::timeout(options.target_timeout, send_upstream(&target, upstream_request)).await;
     let (mut response, sender) = match outcome {
@@ -252,12 +253,12 @@ async fn build_upstream_request(
     request: Request<Incoming>,
     service: &Service,
     strip_len: usize,
+    wants_upgrade: bool,
     record: &mut RequestRecord,
 ) -> Result<Request<UpstreamBody>, Response<ProxyBody>> {
     let options = &service.options;
     let connection = &record.connection;
     let (mut parts, body) = request.into_parts();
-    let wants_upgrade = is_upgrade_request(&parts.headers);
     strip_hop_by_hop(&mut parts.headers, wants_upgrade);
     if wants_upgrade {
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -268,24 +269,46 @@ async fn build_upstream_request(
     if !headers.contains_key(header::HOST) && !record.host.is_empty() {
         headers.insert(header::HOST, record.host.clone());
     }
+    // One hash per header: the entry API finds and replaces (or keeps) in a single lookup.
     let trust = options.trusts_forwarded_headers();
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) if trust => HeaderValue::from_str(&format!("{existing}, {}", connection.client.ip())).ok(),
-        _ => Some(connection.client_ip.clone()),
-    };
-    if let Some(value) = forwarded_for {
-        headers.insert(X_FORWARDED_FOR, value);
+    match headers.entry(X_FORWARDED_FOR) {
+        Entry::Occupied(mut existing) if trust => {
+            let chained = existing.get().to_str().ok().map(|v| format!("{v}, {}", connection.client.ip()));
+            if let Some(value) = chained.and_then(|v| HeaderValue::from_str(&v).ok()) {
+                existing.insert(value);
+            }
+        }
+        Entry::Occupied(mut existing) => {
+            existing.insert(connection.client_ip.clone());
+        }
+        Entry::Vacant(vacant) => {
+            vacant.insert(connection.client_ip.clone());
+        }
     }
-    if !(trust && headers.contains_key(&X_FORWARDED_PROTO)) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if connection.tls { "https" } else { "http" }));
+    let scheme = HeaderValue::from_static(if connection.tls { "https" } else { "http" });
+    match headers.entry(X_FORWARDED_PROTO) {
+        Entry::Occupied(_) if trust => {}
+        Entry::Occupied(mut existing) => {
+            existing.insert(scheme);
+        }
+        Entry::Vacant(vacant) => {
+            vacant.insert(scheme);
+        }
     }
-    let keep_forwarded_host = trust && headers.contains_key(&X_FORWARDED_HOST);
-    if !keep_forwarded_host && !record.host.is_empty() {
-        headers.insert(X_FORWARDED_HOST, record.host.clone());
+    if !record.host.is_empty() {
+        match headers.entry(X_FORWARDED_HOST) {
+            Entry::Occupied(_) if trust => {}
+            Entry::Occupied(mut existing) => {
+                existing.insert(record.host.clone());
+            }
+            Entry::Vacant(vacant) => {
+                vacant.insert(record.host.clone());
+            }
+        }
     }
     headers.insert(X_REQUEST_ID, record.request_id.clone());
-    if !headers.contains_key(&X_REQUEST_START) {
-        headers.insert(X_REQUEST_START, request_start_header());
+    if let Entry::Vacant(vacant) = headers.entry(X_REQUEST_START) {
+        vacant.insert(request_start_header());
     }
 
     // Origin-form requests to a root-path service go out with their URI untouched (no allocation).
@@ -709,6 +732,26 @@ impl RequestRecord {
     }
 }
 
+thread_local! {
+    /// Small per-request header values are carved from one shared buffer per thread, so making them
+    /// costs a reference count instead of an allocation each.
+    static HEADER_ARENA: std::cell::RefCell<bytes::BytesMut> = std::cell::RefCell::new(bytes::BytesMut::new());
+}
+
+/// A header value holding `text` (valid header bytes), carved from the thread's arena.
+fn arena_header(text: &[u8]) -> HeaderValue {
+    const ARENA_SIZE: usize = 64 * 1024;
+    HEADER_ARENA.with(|arena| {
+        let mut arena = arena.borrow_mut();
+        if arena.capacity() < text.len() {
+            *arena = bytes::BytesMut::with_capacity(ARENA_SIZE);
+        }
+        arena.extend_from_slice(text);
+        let bytes = arena.split_to(text.len()).freeze();
+        HeaderValue::from_maybe_shared(bytes).unwrap_or(HeaderValue::from_static("-"))
+    })
+}
+
 /// `t=<milliseconds since the epoch>` (Heroku/New Relic queue-time convention, as kamal-proxy sends it).
 fn request_start_header() -> HeaderValue {
     let mut millis = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
@@ -726,7 +769,7 @@ fn request_start_header() -> HeaderValue {
     text[..2].copy_from_slice(b"t=");
     let length = digits.len() - start;
     text[2..2 + length].copy_from_slice(&digits[start..]);
-    HeaderValue::from_bytes(&text[..2 + length]).unwrap_or(HeaderValue::from_static("t=0"))
+    arena_header(&text[..2 + length])
 }
 
 thread_local! {
@@ -769,7 +812,7 @@ fn new_request_id() -> HeaderValue {
         *byte = HEX[((id >> (124 - 4 * nibble)) & 0xF) as usize];
         nibble += 1;
     }
-    HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("-"))
+    arena_header(&text)
 }
 
 #[cfg(test)]

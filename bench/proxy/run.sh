@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# The proxy benchmark: requests/s and p50/p99 latency through the berth proxy vs nginx as an equivalent
+# reverse proxy vs direct to the backend; same backend (nginx answering a 64-byte body), same load tool
+# (wrk), same run; plus memory per 1,000 idle keep-alive connections.
+#
+# Layout (as in the issue): wrk pinned to CPU 0; the proxy under test and the backend pinned to CPU 1; one
+# worker each. Rounds interleave the three setups so machine noise hits all of them alike.
+#
+# Usage: bench/proxy/run.sh [seconds-per-run] [rounds] [connections]
+# Needs: nginx, wrk (tests/bench/install-deps.sh installs them), python3, and target/release/berth
+# (`cargo build --release`). Everything listens on 127.0.0.1 only and is stopped on exit.
+set -euo pipefail
+
+duration=${1:-10}
+rounds=${2:-3}
+connections=${3:-50}
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+berth=${BERTH_BIN:-$repo/target/release/berth}
+[[ -x $berth ]] || { echo "build first: cargo build --release" >&2; exit 1; }
+command -v nginx >/dev/null && command -v wrk >/dev/null || { echo "install nginx and wrk (tests/bench/install-deps.sh)" >&2; exit 1; }
+
+work=$(mktemp -d /tmp/berth-proxy-bench.XXXXXX)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+backend_port=18080
+nginx_port=18081
+berth_port=18082
+body=$(printf 'x%.0s' $(seq 1 63))  # 63 bytes + newline = 64
+
+cat >"$work/backend.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $work/backend.pid;
+error_log $work/backend-error.log;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    keepalive_requests 10000000;
+    default_type text/plain;
+    server {
+        listen 127.0.0.1:$backend_port backlog=4096;
+        location / { return 200 "$body\n"; }
+    }
+}
+CONF
+
+# nginx doing what the berth proxy does per request: pooled upstream keep-alive, Host kept,
+# X-Forwarded-For/Proto/Host and a request id set, no access log (the berth proxy runs with --access-log=false).
+cat >"$work/nginx-proxy.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $work/nginx-proxy.pid;
+error_log $work/nginx-proxy-error.log;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    keepalive_requests 10000000;
+    upstream backend { server 127.0.0.1:$backend_port; keepalive 128; }
+    server {
+        listen 127.0.0.1:$nginx_port backlog=4096;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$remote_addr;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Host \$host;
+            proxy_set_header X-Request-ID \$request_id;
+        }
+    }
+}
+CONF
+
+mkdir -p "$work/logs"
+taskset -c 1 nginx -p "$work" -e "$work/backend-error.log" -c "$work/backend.conf" &
+pids+=($!)
+taskset -c 1 nginx -p "$work" -e "$work/nginx-proxy-error.log" -c "$work/nginx-proxy.conf" &
+nginx_master=$!
+pids+=($nginx_master)
+
+ln -s "$berth" "$work/kamal-proxy"
+export KAMAL_PROXY_SOCKET=$work/proxy.sock
+taskset -c 1 "$work/kamal-proxy" run --bind=127.0.0.1 --http-port=$berth_port --https-port=0 --workers=1 \
+    --state-dir="$work/state" --access-log=false >"$work/berth.log" 2>&1 &
+berth_pid=$!
+pids+=($berth_pid)
+
+wait_port() {
+    for _ in $(seq 1 200); do
+        curl -fsS -o /dev/null "http://127.0.0.1:$1/" 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "port $1 did not answer" >&2
+    return 1
+}
+wait_port $backend_port
+wait_port $nginx_port
+for _ in $(seq 1 100); do [[ -S $KAMAL_PROXY_SOCKET ]] && break; sleep 0.05; done
+"$work/kamal-proxy" deploy bench --target=127.0.0.1:$backend_port
+wait_port $berth_port
+[[ $(curl -fsS "http://127.0.0.1:$berth_port/") == "$body" ]] || { echo "berth proxy answers wrongly" >&2; exit 1; }
+
+run_wrk() { # name port -> "rps p50_ms p99_ms"
+    local out
+    out=$(taskset -c 0 wrk -t1 -c"$connections" -d"${duration}s" --latency "http://127.0.0.1:$2/")
+    echo "$out" >>"$work/wrk-$1.txt"
+    local rps p50 p99 errors
+    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+    p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+    p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+    errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
+    echo "$rps $(to_ms "$p50") $(to_ms "$p99") ${errors:-}"
+}
+to_ms() { # wrk prints 512.00us / 1.23ms / 1.01s
+    awk -v v="$1" 'BEGIN {
+        if (v ~ /us$/) { sub(/us$/, "", v); printf "%.3f", v / 1000 }
+        else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.3f", v }
+        else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.3f", v * 1000 }
+        else print v }'
+}
+
+echo "wrk -t1 -c$connections -d${duration}s, $rounds rounds; wrk on CPU 0, proxy + backend on CPU 1"
+printf '%-8s %-6s %12s %10s %10s  %s\n' round setup req/s p50_ms p99_ms notes
+declare -A all
+for round in $(seq 1 "$rounds"); do
+    for setup in direct:$backend_port nginx:$nginx_port berth:$berth_port; do
+        name=${setup%%:*}
+        port=${setup##*:}
+        result=$(run_wrk "$name" "$port")
+        all[$name]+="$result"$'\n'
+        # shellcheck disable=SC2086
+        printf '%-8s %-6s %12s %10s %10s  %s\n' "$round" "$name" $result
+    done
+done
+
+echo
+echo "median over rounds:"
+for name in direct nginx berth; do
+    rps=$(awk 'NF {print $1}' <<<"${all[$name]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+    p50=$(awk 'NF {print $2}' <<<"${all[$name]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+    p99=$(awk 'NF {print $3}' <<<"${all[$name]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+    printf '%-6s %12s req/s  p50 %s ms  p99 %s ms\n' "$name" "$rps" "$p50" "$p99"
+done
+
+# Memory: RSS growth of the proxy process (nginx: its worker) with 1,000 idle keep-alive connections,
+# each having made one request.
+nginx_worker=$(pgrep -P "$nginx_master" | head -1)
+idle_rss() { # pid port -> KB of growth
+    python3 "$repo/bench/proxy/idle_connections.py" "$1" "$2" 1000
+}
+echo
+echo "memory per 1,000 idle keep-alive connections (RSS growth):"
+echo "nginx  $(idle_rss "$nginx_worker" $nginx_port) KB"
+echo "berth  $(idle_rss "$berth_pid" $berth_port) KB"
