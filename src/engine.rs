@@ -128,7 +128,17 @@ impl Engine {
         options: RunOptions,
     ) -> Result<Engine, EngineError> {
         let selection = Selection::new(&config, &options.filters)?;
-        let ssh = SshPool::new(ssh_config(&config, &env, options.trust_new_host_keys)?);
+        // `ssh.key_data` names secrets: then they are needed before the first connection.
+        let early_secrets = match config.ssh.key_data.as_ref().filter(|keys| !keys.is_empty()) {
+            Some(_) => {
+                Some(Arc::new(Secrets::load(&config.root, &config.secrets_path, config.destination.as_deref(), &env)?))
+            }
+            None => None,
+        };
+        if let Some(secrets) = &early_secrets {
+            redactor.set(secrets.clone());
+        }
+        let ssh = SshPool::new(ssh_config(&config, &env, options.trust_new_host_keys, early_secrets.as_deref())?);
         let hooks = Hooks::new(&config.root, &config.hooks_path, env.clone(), options.skip_hooks);
         let performer = performer(&env);
         Ok(Engine {
@@ -138,7 +148,7 @@ impl Engine {
             env,
             remote: Remote::new(ssh, sink.clone()),
             sink,
-            secrets: OnceCell::new(),
+            secrets: OnceCell::new_with(early_secrets),
             redactor,
             performer,
             hooks,
@@ -208,7 +218,11 @@ impl Engine {
         self.sink.emit(Event::StageStarted { stage: name.to_string(), hosts });
         let started = Instant::now();
         let result = work.await;
-        self.sink.emit(Event::StageFinished { stage: name.to_string(), elapsed: started.elapsed(), ok: result.is_ok() });
+        self.sink.emit(Event::StageFinished {
+            stage: name.to_string(),
+            elapsed: started.elapsed(),
+            ok: result.is_ok(),
+        });
         result
     }
 
@@ -255,7 +269,12 @@ impl Engine {
 }
 
 /// The SSH settings from `ssh:`/`sshkit:` and the environment.
-fn ssh_config(config: &Config, env: &Environment, trust_new_host_keys: bool) -> Result<SshConfig, EngineError> {
+fn ssh_config(
+    config: &Config,
+    env: &Environment,
+    trust_new_host_keys: bool,
+    secrets: Option<&Secrets>,
+) -> Result<SshConfig, EngineError> {
     let ssh = &config.ssh;
     let home = env.get("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
     let expand = |path: &str| match path.strip_prefix("~/") {
@@ -281,8 +300,29 @@ fn ssh_config(config: &Config, env: &Environment, trust_new_host_keys: bool) -> 
         ssh_config.known_hosts_files = vec![home.join(".ssh/known_hosts")];
     }
     if ssh_config.keys.is_empty() && !ssh_config.keys_only {
-        ssh_config.keys = ["id_ed25519", "id_ecdsa", "id_rsa"].iter().map(|name| home.join(".ssh").join(name)).filter(|p| p.is_file()).collect();
+        ssh_config.keys = ["id_ed25519", "id_ecdsa", "id_rsa"]
+            .iter()
+            .map(|name| home.join(".ssh").join(name))
+            .filter(|p| p.is_file())
+            .collect();
     }
+    // `key_data`: secret names (Kamal 2), or inline PEM (deprecated but accepted).
+    for key in ssh.key_data.iter().flatten() {
+        if key.contains("-----BEGIN") {
+            ssh_config.key_data.push(key.clone());
+        } else if let Some(secrets) = secrets {
+            ssh_config.key_data.push(secrets.get(key)?.to_string());
+        }
+    }
+    // `config`: true = the user's OpenSSH config, false/absent = none, a path or a list = those files.
+    ssh_config.ssh_config_files = match &ssh.config {
+        Some(yaml_serde::Value::Bool(true)) => vec![home.join(".ssh/config"), PathBuf::from("/etc/ssh/ssh_config")],
+        Some(yaml_serde::Value::String(path)) => vec![expand(path)],
+        Some(yaml_serde::Value::Sequence(paths)) => {
+            paths.iter().filter_map(yaml_serde::Value::as_str).map(&expand).collect()
+        }
+        _ => Vec::new(),
+    };
     ssh_config.host_key_policy = if trust_new_host_keys { HostKeyPolicy::AcceptNew } else { HostKeyPolicy::Strict };
     ssh_config.max_concurrent_starts = config.sshkit.max_concurrent_starts.max(1) as usize;
     if let Some(seconds) = env.get("BERTH_SSH_CONNECT_TIMEOUT").and_then(|s| s.parse().ok()) {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::hosts_commands::*;
-use super::{Cli, Command, GlobalArgs, load_config, load_config_without_version};
+use super::{Cli, Command, load_config, load_config_without_version};
 use crate::commands::app::LogOptions;
 use crate::engine::flows::DeployOptions;
 use crate::engine::output::{ConsoleSink, Redactor, Verbosity};
@@ -45,10 +45,8 @@ pub fn run(cli: &Cli, env: &Environment) -> anyhow::Result<bool> {
     if let Command::Rollback { version } = &cli.command {
         global_for_config.version = Some(version.clone());
     }
-    let needs_version = matches!(
-        cli.command,
-        Command::Setup(_) | Command::Deploy(_) | Command::Redeploy(_) | Command::Build(_)
-    );
+    let needs_version =
+        matches!(cli.command, Command::Setup(_) | Command::Deploy(_) | Command::Redeploy(_) | Command::Build(_));
     // Like Kamal, only commands that deploy need a version; the others use the `latest` tag's.
     let config = if needs_version {
         load_config(&global_for_config, env)?
@@ -76,17 +74,30 @@ pub fn run(cli: &Cli, env: &Environment) -> anyhow::Result<bool> {
         subcommand: subcommand.map(str::to_string),
     };
     let engine = Engine::new(config, env.clone(), sink.clone(), redactor, options)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     let result = runtime.block_on(async {
         let cancel = engine.cancel_handle();
+        // Ctrl-C or SIGTERM (a CI runner stopping the job): finish the current step, roll back what switched,
+        // release the lock. A second signal exits at once.
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("\nCancelling: finishing the current step, then rolling back and releasing the lock (Ctrl-C again to abort)");
-                cancel.cancel();
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    std::process::exit(130);
+            let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let terminated = async {
+                match terminate.as_mut() {
+                    Some(signal) => signal.recv().await,
+                    None => std::future::pending().await,
                 }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminated => {}
             }
+            eprintln!(
+                "\nCancelling: finishing the current step, then rolling back and releasing the lock (again to abort)"
+            );
+            cancel.cancel();
+            let _ = tokio::signal::ctrl_c().await;
+            std::process::exit(130);
         });
         let result = dispatch(&engine, &cli.command).await;
         engine.close().await;
@@ -137,7 +148,9 @@ async fn dispatch(engine: &Engine, command: &Command) -> anyhow::Result<()> {
                 engine.stop_app().await?;
                 engine.start_app().await?
             }
-            AppCommand::Details => engine.show_per_role(|role| crate::commands::app::info(&engine.config, role)).await?,
+            AppCommand::Details => {
+                engine.show_per_role(|role| crate::commands::app::info(&engine.config, role)).await?
+            }
             AppCommand::Containers => {
                 engine.show_per_role(|role| crate::commands::app::list_containers(&engine.config, role)).await?
             }
@@ -163,9 +176,16 @@ async fn dispatch(engine: &Engine, command: &Command) -> anyhow::Result<()> {
             }
             AccessoryCommand::Details { name } => engine.accessory_action(name, AccessoryAction::Details).await?,
             AccessoryCommand::Logs { name, logs } => engine.accessory_logs(name, &log_options(logs)).await?,
-            AccessoryCommand::Exec { name, exec } => engine.accessory_exec(name, exec.reuse, &exec.env, &exec.cmd).await?,
+            AccessoryCommand::Exec { name, exec } => {
+                engine.accessory_exec(name, exec.reuse, &exec.env, &exec.cmd).await?
+            }
             AccessoryCommand::Remove { name, confirm } => {
-                confirmed(confirm, &format!("This will remove the accessory {name}, its image and its data directories. Are you sure?"))?;
+                confirmed(
+                    confirm,
+                    &format!(
+                        "This will remove the accessory {name}, its image and its data directories. Are you sure?"
+                    ),
+                )?;
                 engine.with_lock(engine.remove_accessories(name)).await?
             }
         },

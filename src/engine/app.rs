@@ -51,7 +51,9 @@ impl Engine {
                             .map_err(|missing| EngineError::Refused(missing.to_string()))?;
                         let path = names::role_env_file(&self.config, &role.name);
                         self.remote().write_file(&host, &path, text.as_bytes(), 0o600).await?;
+                        self.upload_custom_certificate(&host, role, &secrets).await?;
                     }
+                    self.upload_error_pages(&host, version).await?;
                     self.remote().report(&host, "Wrote env files", started, true);
                     Ok(())
                 }
@@ -172,10 +174,27 @@ impl Engine {
         };
 
         // Same version already there (redeploy, rollback): move it out of the way, as Kamal does.
-        let clash = remote.run(host, &app::container_id_for_version(config, role, version, false)).await.map_err(|err| (None, err))?;
+        let clash = remote
+            .run(host, &app::container_id_for_version(config, role, version, false))
+            .await
+            .map_err(|err| (None, err))?;
         if !clash.stdout.trim().is_empty() {
             let renamed = names::replaced_container_name(config, &role.name, version, &random_hex(8));
-            remote.run(host, &app::rename_container(config, role, version, &renamed)).await.map_err(|err| (None, err))?;
+            remote
+                .run(host, &app::rename_container(config, role, version, &renamed))
+                .await
+                .map_err(|err| (None, err))?;
+        }
+
+        // Asset bridging: the new container mounts a volume holding its assets and the running version's.
+        if let Some((asset_path, _)) = app::asset_path(role, config).filter(|_| role.runs_proxy()) {
+            let bridge = app::extract_assets(config, role, version, &asset_path).and(app::sync_asset_volumes(
+                config,
+                role,
+                version,
+                previous_version.as_deref(),
+            ));
+            remote.run(host, &bridge).await.map_err(|err| (None, err))?;
         }
 
         let run = app::run(config, role, host, version, &random_hex(6));
@@ -311,6 +330,59 @@ impl Engine {
             let name = names::container_name(&self.config, &role.name, other);
             self.remote().step(host, &format!("Stopped {name}"), &app::stop(&self.config, role, Some(other))).await?;
         }
+        if app::asset_path(role, &self.config).is_some() && role.runs_proxy() {
+            self.remote().run(host, &app::clean_up_assets(&self.config, role, version)).await?;
+        }
+        if self.config.error_pages_path.is_some() {
+            self.remote().run(host, &app::clean_up_error_pages(&self.config, version)).await?;
+        }
+        Ok(())
+    }
+
+    /// Uploads `error_pages_path`'s `4xx.html`/`5xx.html` pages for the proxy (`--error-pages`).
+    async fn upload_error_pages(&self, host: &str, version: &str) -> Result<(), EngineError> {
+        let Some(dir) = &self.config.error_pages_path else { return Ok(()) };
+        let local = self.config.root.join(dir);
+        let entries = std::fs::read_dir(&local).map_err(|source| EngineError::Local {
+            what: format!("reading error_pages_path {}", local.display()),
+            source,
+        })?;
+        self.remote().run(host, &app::create_error_pages_directory(&self.config, version)).await?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let is_page =
+                name.len() == 8 && name.ends_with(".html") && (name.starts_with('4') || name.starts_with('5'));
+            if !is_page {
+                continue;
+            }
+            let contents = std::fs::read(entry.path())
+                .map_err(|source| EngineError::Local { what: format!("reading {}", entry.path().display()), source })?;
+            let remote_path = format!("{}/{version}/{name}", names::error_pages_directory(&self.config));
+            self.remote().write_file(host, &remote_path, &contents, 0o644).await?;
+        }
+        Ok(())
+    }
+
+    /// Uploads a role's own TLS certificate and key (`proxy.ssl.certificate_pem`/`private_key_pem` secrets).
+    async fn upload_custom_certificate(
+        &self,
+        host: &str,
+        role: &Role,
+        secrets: &crate::secrets::Secrets,
+    ) -> Result<(), EngineError> {
+        let Some(proxy) = role.proxy.as_ref().filter(|_| role.runs_proxy()) else { return Ok(()) };
+        let Some((certificate, key)) = commands::proxy::custom_certificate_secrets(proxy) else { return Ok(()) };
+        let directory = names::tls_directory(&self.config, &role.name);
+        self.remote().run(host, &commands::proxy::create_tls_directory(&self.config, &role.name)).await?;
+        self.remote()
+            .write_file(host, &format!("{directory}/cert.pem"), secrets.get(&certificate)?.as_bytes(), 0o644)
+            .await?;
+        self.remote().write_file(host, &format!("{directory}/key.pem"), secrets.get(&key)?.as_bytes(), 0o600).await?;
+        // kamal-proxy runs as its own user and needs to own them; berth's proxy runs as root and has no chown.
+        let _ = self
+            .remote()
+            .run_unchecked(host, &commands::proxy::set_certificate_permissions(&self.config, &role.name))
+            .await;
         Ok(())
     }
 }

@@ -50,9 +50,22 @@ impl Engine {
         let context_from_git = builder.context.is_none() && config.root.join(".git").exists();
         let build = if context_from_git {
             let root = config.root.display().to_string();
-            commands::builder::push_from_git_archive(config, &config.version, local_arch, options.no_cache, &root, "HEAD")
+            commands::builder::push_from_git_archive(
+                config,
+                &config.version,
+                local_arch,
+                options.no_cache,
+                &root,
+                "HEAD",
+            )
         } else {
-            commands::builder::push(config, &config.version, local_arch, options.no_cache, commands::builder::context(config))
+            commands::builder::push(
+                config,
+                &config.version,
+                local_arch,
+                options.no_cache,
+                commands::builder::context(config),
+            )
         };
         self.sink().emit(Event::Command { host: None, text: build.to_string() });
         self.local(build.script(), None).await?;
@@ -77,11 +90,15 @@ impl Engine {
             .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = command.spawn().map_err(|source| EngineError::Local { what: format!("running `{script}`"), source })?;
+        let mut child =
+            command.spawn().map_err(|source| EngineError::Local { what: format!("running `{script}`"), source })?;
         if let (Some(bytes), Some(mut pipe)) = (stdin, child.stdin.take()) {
             let _ = pipe.write_all(bytes).await;
         }
-        let output = child.wait_with_output().await.map_err(|source| EngineError::Local { what: format!("running `{script}`"), source })?;
+        let output = child
+            .wait_with_output()
+            .await
+            .map_err(|source| EngineError::Local { what: format!("running `{script}`"), source })?;
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
         for line in stdout.lines().chain(stderr.lines()) {

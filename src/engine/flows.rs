@@ -111,7 +111,8 @@ impl Engine {
                 async move {
                     let started = Instant::now();
                     let message = format!("Pulled image with version {}", self.config.version);
-                    let audit = commands::auditor::record(&self.config, &super::now_iso8601(), &self.performer, &[], &message);
+                    let audit =
+                        commands::auditor::record(&self.config, &super::now_iso8601(), &self.performer, &[], &message);
                     let mut pull = audit.and(commands::builder::pull(&self.config, &self.config.version));
                     if let Some(login) = login {
                         pull = login.and(pull);
@@ -158,7 +159,13 @@ impl Engine {
         let hosts = self.selection.hosts.clone();
         self.stage("Prune old containers", hosts.len(), async {
             on_hosts(&hosts, |host| async move {
-                self.remote().step(&host, &format!("Pruned stopped containers (kept {retain})"), &commands::prune::app_containers(&self.config, retain)).await?;
+                self.remote()
+                    .step(
+                        &host,
+                        &format!("Pruned stopped containers (kept {retain})"),
+                        &commands::prune::app_containers(&self.config, retain),
+                    )
+                    .await?;
                 Ok(())
             })
             .await
@@ -171,7 +178,8 @@ impl Engine {
         let hosts = self.selection.hosts.clone();
         self.stage("Prune unused images", hosts.len(), async {
             on_hosts(&hosts, |host| async move {
-                let prune = commands::prune::dangling_images(&self.config).and(commands::prune::tagged_images(&self.config));
+                let prune =
+                    commands::prune::dangling_images(&self.config).and(commands::prune::tagged_images(&self.config));
                 self.remote().step(&host, "Pruned unused images", &prune).await?;
                 Ok(())
             })
@@ -213,7 +221,9 @@ impl Engine {
                     let service = names::container_prefix(&self.config, &role.name);
                     self.remote().run_unchecked(&host, &commands::proxy::remove(&service)).await?;
                 }
-                self.remote().step(&host, &format!("Stopped {}", role.name), &app::stop(&self.config, role, None)).await?;
+                self.remote()
+                    .step(&host, &format!("Stopped {}", role.name), &app::stop(&self.config, role, None))
+                    .await?;
             }
             Ok(())
         })
@@ -232,11 +242,19 @@ impl Engine {
                     let started = Instant::now();
                     self.remote().run(&host, &app::start(&self.config, role, &version)).await?;
                     if role.runs_proxy() {
-                        let id = self.remote().run(&host, &app::container_id_for_version(&self.config, role, &version, true)).await?;
+                        let id = self
+                            .remote()
+                            .run(&host, &app::container_id_for_version(&self.config, role, &version, true))
+                            .await?;
                         let id: String = id.stdout.trim().chars().take(12).collect();
                         self.remote().run(&host, &self.proxy_deploy(role, &id, &version)).await?;
                     }
-                    self.remote().report(&host, &format!("Started {}", names::container_name(&self.config, &role.name, &version)), started, true);
+                    self.remote().report(
+                        &host,
+                        &format!("Started {}", names::container_name(&self.config, &role.name, &version)),
+                        started,
+                        true,
+                    );
                 }
                 Ok(())
             }
@@ -246,7 +264,12 @@ impl Engine {
     }
 
     /// `app maintenance` / `app live`.
-    pub async fn set_maintenance(&self, on: bool, drain_timeout: Option<u64>, message: Option<&str>) -> Result<(), EngineError> {
+    pub async fn set_maintenance(
+        &self,
+        on: bool,
+        drain_timeout: Option<u64>,
+        message: Option<&str>,
+    ) -> Result<(), EngineError> {
         let hosts = self.selection.app_hosts(&self.config);
         on_hosts(&hosts, |host| async move {
             for role in self.selection.roles_on(&self.config, &host).filter(|role| role.runs_proxy()) {

@@ -28,7 +28,9 @@ pub const HOOK_NAMES: [&str; 9] = [
 pub enum HookError {
     #[error("Hook `{name}` failed: {path} exited with {status}{output}")]
     Failed { name: String, path: String, status: String, output: String },
-    #[error("Hook `{name}` could not be started ({path}): {source}. Check that it is executable (chmod +x) and its #! line")]
+    #[error(
+        "Hook `{name}` could not be started ({path}): {source}. Check that it is executable (chmod +x) and its #! line"
+    )]
     Start { name: String, path: String, source: std::io::Error },
 }
 

@@ -38,7 +38,11 @@ impl Holder {
         let field = |name: &str| {
             line.split_whitespace().find_map(|word| word.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')))
         };
-        Some(Holder { pid: field("pid")?.parse().ok()?, host: field("host")?.to_string(), boot_id: field("boot")?.to_string() })
+        Some(Holder {
+            pid: field("pid")?.parse().ok()?,
+            host: field("host")?.to_string(),
+            boot_id: field("boot")?.to_string(),
+        })
     }
 
     /// True when the holder was a berth process on this machine that is gone (killed, or the machine rebooted).
@@ -142,16 +146,11 @@ impl Engine {
     }
 
     /// Runs `work` holding the lock; the lock is released whatever `work` returns (errors, Ctrl-C).
-    pub async fn with_lock<T>(
-        &self,
-        work: impl Future<Output = Result<T, EngineError>>,
-    ) -> Result<T, EngineError> {
+    pub async fn with_lock<T>(&self, work: impl Future<Output = Result<T, EngineError>>) -> Result<T, EngineError> {
         let took = self.acquire_lock(AUTOMATIC_MESSAGE).await?;
         let result = work.await;
-        if took {
-            if let Err(err) = self.release_lock().await {
-                self.sink().emit(Event::Warning(format!("could not release the deploy lock: {err}")));
-            }
+        if took && let Err(err) = self.release_lock().await {
+            self.sink().emit(Event::Warning(format!("could not release the deploy lock: {err}")));
         }
         result
     }
@@ -162,7 +161,9 @@ fn indent(text: &str) -> String {
 }
 
 fn local_hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|name| name.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 /// Changes on every boot of the machine, so a lock from before a reboot is known to be stale.

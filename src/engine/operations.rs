@@ -72,7 +72,12 @@ impl Engine {
         let remote = self.remote();
         let exists = remote.run(host, &accessory::container_exists(accessory)).await?;
         if !exists.stdout.trim().is_empty() && !replace {
-            remote.report(host, &format!("Skipping booting {}: a container already exists", accessory.service), started, true);
+            remote.report(
+                host,
+                &format!("Skipping booting {}: a container already exists", accessory.service),
+                started,
+                true,
+            );
             return Ok(());
         }
         self.registry_login(host).await?;
@@ -95,7 +100,9 @@ impl Engine {
         let env_text = commands::env_file::accessory_env_file(accessory, commands::env_file::lookup_in(&secrets))
             .map_err(|missing| EngineError::Refused(missing.to_string()))?;
         remote.run(host, &accessory::ensure_env_directory(&self.config)).await?;
-        remote.write_file(host, &names::accessory_env_file(&self.config, &accessory.name), env_text.as_bytes(), 0o600).await?;
+        remote
+            .write_file(host, &names::accessory_env_file(&self.config, &accessory.name), env_text.as_bytes(), 0o600)
+            .await?;
         let output = remote.run(host, &accessory::run(&self.config, accessory, host)).await?;
         if let Some(port) = accessory_app_port(accessory) {
             let id: String = output.stdout.trim().chars().take(12).collect();
@@ -169,14 +176,26 @@ impl Engine {
         Ok(())
     }
 
-    pub async fn accessory_exec(&self, name: &str, reuse: bool, env: &[String], command: &[String]) -> Result<(), EngineError> {
+    pub async fn accessory_exec(
+        &self,
+        name: &str,
+        reuse: bool,
+        env: &[String],
+        command: &[String],
+    ) -> Result<(), EngineError> {
         for accessory in self.accessories_named(name)? {
             let hosts = self.accessory_hosts(&accessory);
             let cmd = if reuse {
                 accessory::execute_in_existing_container(&accessory, command, false)
             } else {
                 let _ = parse_env(env)?;
-                accessory::execute_in_new_container(&self.config, &accessory, hosts.first().map(String::as_str).unwrap_or_default(), command, false)
+                accessory::execute_in_new_container(
+                    &self.config,
+                    &accessory,
+                    hosts.first().map(String::as_str).unwrap_or_default(),
+                    command,
+                    false,
+                )
             };
             self.show_per_host(&format!("Accessory {} Host", accessory.name), &hosts, &cmd).await?;
         }
@@ -236,7 +255,13 @@ impl Engine {
     }
 
     /// `app exec`: in a new container of the running version (default), or in the running one (`--reuse`).
-    pub async fn app_exec(&self, reuse: bool, interactive: bool, env: &[String], command: &[String]) -> Result<(), EngineError> {
+    pub async fn app_exec(
+        &self,
+        reuse: bool,
+        interactive: bool,
+        env: &[String],
+        command: &[String],
+    ) -> Result<(), EngineError> {
         if interactive {
             return Err(EngineError::Refused(
                 "interactive exec needs a terminal: run `ssh -t USER@HOST docker exec -it CONTAINER CMD` (berth prints the command with -v); `berth app exec -i` is not supported yet".into(),
@@ -252,14 +277,25 @@ impl Engine {
                 let mut text = String::new();
                 for role in self.selection.roles_on(&self.config, &host) {
                     let cmd = if reuse {
-                        let running = self.remote().run(&host, &app::current_running_version(&self.config, role)).await?;
+                        let running =
+                            self.remote().run(&host, &app::current_running_version(&self.config, role)).await?;
                         let running = running.stdout.trim().to_string();
                         app::execute_in_existing_container(&self.config, role, &running, command, &env, false)
                     } else {
-                        let running = self.remote().run(&host, &app::current_running_version(&self.config, role)).await?;
+                        let running =
+                            self.remote().run(&host, &app::current_running_version(&self.config, role)).await?;
                         let running = running.stdout.trim();
                         let version = if running.is_empty() { version.as_str() } else { running };
-                        app::execute_in_new_container(&self.config, role, &host, version, command, &env, ExecMode::Attached, &random_hex(3))
+                        app::execute_in_new_container(
+                            &self.config,
+                            role,
+                            &host,
+                            version,
+                            command,
+                            &env,
+                            ExecMode::Attached,
+                            &random_hex(3),
+                        )
                     };
                     let output = self.remote().run(&host, &cmd).await?;
                     text.push_str(&output.stdout);
@@ -285,9 +321,18 @@ impl Engine {
                 for version in running.stdout.lines().map(str::trim).filter(|v| !v.is_empty() && *v != current) {
                     let name = names::container_name(&self.config, &role.name, version);
                     if stop {
-                        self.remote().step(&host, &format!("Stopped stale container {name}"), &app::stop(&self.config, role, Some(version))).await?;
+                        self.remote()
+                            .step(
+                                &host,
+                                &format!("Stopped stale container {name}"),
+                                &app::stop(&self.config, role, Some(version)),
+                            )
+                            .await?;
                     } else {
-                        self.sink().emit(Event::Output(format!("Detected stale container for role {} with version {version} on {host}", role.name)));
+                        self.sink().emit(Event::Output(format!(
+                            "Detected stale container for role {} with version {version} on {host}",
+                            role.name
+                        )));
                     }
                 }
             }
@@ -360,7 +405,10 @@ impl Engine {
             if !force {
                 let apps = self.remote().run_unchecked(&host, &Cmd::new("ls").arg(names::apps_directory())).await?;
                 if apps.exit_status == 0 && !apps.stdout.trim().is_empty() {
-                    self.info(format!("{host}: keeping the proxy, other apps are installed ({})", apps.stdout.split_whitespace().collect::<Vec<_>>().join(", ")));
+                    self.info(format!(
+                        "{host}: keeping the proxy, other apps are installed ({})",
+                        apps.stdout.split_whitespace().collect::<Vec<_>>().join(", ")
+                    ));
                     return Ok(());
                 }
             }
@@ -394,7 +442,9 @@ impl Engine {
     /// `server exec CMD`: a shell command on every selected host.
     pub async fn server_exec(&self, interactive: bool, command: &str) -> Result<(), EngineError> {
         if interactive {
-            return Err(EngineError::Refused("interactive `server exec -i` needs a terminal: use `ssh -t` to the host".into()));
+            return Err(EngineError::Refused(
+                "interactive `server exec -i` needs a terminal: use `ssh -t` to the host".into(),
+            ));
         }
         let hosts = self.selection.hosts.clone();
         self.show_per_host("App Host", &hosts, &Cmd::raw_script(command)).await
@@ -448,7 +498,9 @@ impl Engine {
         }
         let hosts = self.selection.hosts.clone();
         on_hosts(&hosts, |host| async move {
-            self.remote().step(&host, "Logged out of the registry", &commands::registry::logout(&self.config.registry)).await?;
+            self.remote()
+                .step(&host, "Logged out of the registry", &commands::registry::logout(&self.config.registry))
+                .await?;
             Ok(())
         })
         .await?;

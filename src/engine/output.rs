@@ -14,15 +14,35 @@ use crate::secrets::Secrets;
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     /// A stage (pull, lock, boot, …) started on `hosts` hosts.
-    StageStarted { stage: String, hosts: usize },
+    StageStarted {
+        stage: String,
+        hosts: usize,
+    },
     /// A stage ended; `ok` is false when it failed.
-    StageFinished { stage: String, elapsed: Duration, ok: bool },
+    StageFinished {
+        stage: String,
+        elapsed: Duration,
+        ok: bool,
+    },
     /// One step on one host (or on the deployer when `host` is None) finished.
-    Step { host: Option<String>, text: String, elapsed: Duration, ok: bool },
+    Step {
+        host: Option<String>,
+        text: String,
+        elapsed: Duration,
+        ok: bool,
+    },
     /// A command about to run on a host (shown with -v).
-    Command { host: Option<String>, text: String },
+    Command {
+        host: Option<String>,
+        text: String,
+    },
     /// A line a command printed (shown with -v, or always when `always`).
-    Line { host: Option<String>, stderr: bool, text: String, always: bool },
+    Line {
+        host: Option<String>,
+        stderr: bool,
+        text: String,
+        always: bool,
+    },
     /// What the user asked to see (versions, details, logs, exec output): printed as is, even with -q.
     Output(String),
     /// Something the user should read.
@@ -81,7 +101,7 @@ impl ConsoleSink {
         let verbose = self.verbosity == Verbosity::Verbose;
         let text = match event {
             Event::StageStarted { stage, hosts } if !quiet => match hosts {
-                0 => format!("{stage}"),
+                0 => stage.to_string(),
                 1 => format!("{stage} (1 host)"),
                 n => format!("{stage} ({n} hosts)"),
             },

@@ -33,9 +33,9 @@ impl Engine {
         let proxy_hosts = self.proxy_hosts();
         let image = match self.configured_proxy_image() {
             Some(image) => ImageSource::Registry(image),
-            None => ImageSource::Berth(std::sync::Arc::new(
-                ProxyImage::from_current_exe().map_err(|source| EngineError::Local { what: "reading the berth binary for the proxy image".into(), source })?,
-            )),
+            None => ImageSource::Berth(std::sync::Arc::new(ProxyImage::from_current_exe().map_err(|source| {
+                EngineError::Local { what: "reading the berth binary for the proxy image".into(), source }
+            })?)),
         };
         self.stage("Ensure the proxy", proxy_hosts.len(), async {
             on_hosts(&hosts, |host| {
@@ -98,7 +98,11 @@ impl Engine {
                     let started = Instant::now();
                     let tarball: &[u8] = &proxy_image.tarball;
                     let lines = super::remote::DiscardLines;
-                    let output = self.remote().ssh().run_with_stdin_stream(host, &proxy_image.import_cmd(), tarball, &lines).await?;
+                    let output = self
+                        .remote()
+                        .ssh()
+                        .run_with_stdin_stream(host, &proxy_image.import_cmd(), tarball, &lines)
+                        .await?;
                     if output.exit_status != 0 {
                         return Err(EngineError::CommandFailed {
                             host: host.to_string(),
@@ -120,11 +124,12 @@ impl Engine {
         let hosts = self.proxy_hosts();
         let image = match self.configured_proxy_image() {
             Some(image) => ImageSource::Registry(image),
-            None => ImageSource::Berth(std::sync::Arc::new(
-                ProxyImage::from_current_exe().map_err(|source| EngineError::Local { what: "reading the berth binary for the proxy image".into(), source })?,
-            )),
+            None => ImageSource::Berth(std::sync::Arc::new(ProxyImage::from_current_exe().map_err(|source| {
+                EngineError::Local { what: "reading the berth binary for the proxy image".into(), source }
+            })?)),
         };
-        let groups: Vec<Vec<String>> = if rolling { hosts.iter().map(|h| vec![h.clone()]).collect() } else { vec![hosts.clone()] };
+        let groups: Vec<Vec<String>> =
+            if rolling { hosts.iter().map(|h| vec![h.clone()]).collect() } else { vec![hosts.clone()] };
         for group in groups {
             let hosts_var = group.join(",");
             self.run_hook("pre-proxy-reboot", &[("KAMAL_HOSTS", hosts_var.clone())]).await?;
@@ -163,6 +168,11 @@ enum ImageSource {
 
 /// `running`, `exited`, … of the proxy container; empty output (and a failure) when there is none.
 fn container_state() -> crate::command::Cmd {
-    crate::command::Cmd::new("docker")
-        .args(["container", "inspect", "--format", "{{.State.Status}}", crate::commands::names::PROXY_CONTAINER])
+    crate::command::Cmd::new("docker").args([
+        "container",
+        "inspect",
+        "--format",
+        "{{.State.Status}}",
+        crate::commands::names::PROXY_CONTAINER,
+    ])
 }

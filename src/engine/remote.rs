@@ -93,7 +93,12 @@ impl Remote {
 
     /// Reports a step that finished.
     pub fn report(&self, host: &str, text: &str, started: Instant, ok: bool) {
-        self.sink.emit(Event::Step { host: Some(host.to_string()), text: text.to_string(), elapsed: started.elapsed(), ok });
+        self.sink.emit(Event::Step {
+            host: Some(host.to_string()),
+            text: text.to_string(),
+            elapsed: started.elapsed(),
+            ok,
+        });
     }
 }
 

@@ -113,11 +113,7 @@ impl Selection {
 
     /// Selected hosts where a selected role is behind the proxy.
     pub fn proxy_hosts(&self, config: &Config) -> Vec<String> {
-        self.hosts
-            .iter()
-            .filter(|host| self.roles_on(config, host).any(|role| role.runs_proxy()))
-            .cloned()
-            .collect()
+        self.hosts.iter().filter(|host| self.roles_on(config, host).any(|role| role.runs_proxy())).cloned().collect()
     }
 }
 

@@ -170,7 +170,8 @@ fn deploys_without_dropping_a_request_and_rolls_back_a_broken_version_everywhere
     d.bench.ssh_ok(&h1, "echo kept > app-store/data/marker");
     d.berth(&["accessory", "reboot", "store"]).ok();
     assert_eq!(d.bench.ssh_ok(&h1, "cat app-store/data/marker"), "kept");
-    let mounts = d.bench.docker(&h1, &["inspect", "--format", "{{range .Mounts}}{{.Destination}} {{end}}", "app-store"]);
+    let mounts =
+        d.bench.docker(&h1, &["inspect", "--format", "{{range .Mounts}}{{.Destination}} {{end}}", "app-store"]);
     assert!(String::from_utf8_lossy(&mounts.stdout).contains("/data"), "data directory mounted after reboot");
 
     // deploy v2 under load: no request fails, v2 is served after.
@@ -193,7 +194,8 @@ fn deploys_without_dropping_a_request_and_rolls_back_a_broken_version_everywhere
 
     // prune keeps exactly retain_containers (2) stopped containers per host (h2 had four: web and workers of v2
     // and of the v1 moved aside by the rollback).
-    let stopped = |host: &Host| d.containers(host, &["--all", "--filter", "label=service=app", "--filter", "status=exited"]);
+    let stopped =
+        |host: &Host| d.containers(host, &["--all", "--filter", "label=service=app", "--filter", "status=exited"]);
     assert!(stopped(&h2).len() > 2, "{:?}", stopped(&h2));
     d.berth(&["prune", "all"]).ok();
     for host in [&h1, &h2] {
@@ -288,7 +290,9 @@ fn all_command_lines() -> Vec<String> {
 }
 
 /// Watches every process's argv until stopped; returns the command lines that contained one of `needles`.
-fn watch_argv(needles: Vec<String>) -> (std::sync::Arc<std::sync::atomic::AtomicBool>, std::thread::JoinHandle<Vec<String>>) {
+fn watch_argv(
+    needles: Vec<String>,
+) -> (std::sync::Arc<std::sync::atomic::AtomicBool>, std::thread::JoinHandle<Vec<String>>) {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = stop.clone();
     let handle = std::thread::spawn(move || {
@@ -336,10 +340,9 @@ fn a_held_lock_blocks_deploys_and_a_killed_deploy_leaves_no_lock_behind() {
     assert_eq!(d.version_served(&h1), "v2");
 
     // A deploy killed (SIGKILL) while it holds the lock: its pre-deploy hook parks it under the lock.
-    let hook = d.project.write(
-        ".kamal/hooks/pre-deploy",
-        "#!/bin/sh\necho $$ > \"$(dirname \"$0\")/../../hook.pid\"\nexec sleep 60\n",
-    );
+    let hook = d
+        .project
+        .write(".kamal/hooks/pre-deploy", "#!/bin/sh\necho $$ > \"$(dirname \"$0\")/../../hook.pid\"\nexec sleep 60\n");
     std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
         .args(["deploy", "-P", "--version", "v3"])
@@ -363,7 +366,11 @@ fn a_held_lock_blocks_deploys_and_a_killed_deploy_leaves_no_lock_behind() {
     assert_eq!(d.version_served(&h1), "v2", "the host still serves its version");
 
     let next = d.berth(&["deploy", "-P", "--version", "v3"]);
-    assert!(next.ok().contains("stale deploy lock"), "the next deploy says it cleared the stale lock:\n{}", next.stdout);
+    assert!(
+        next.ok().contains("stale deploy lock"),
+        "the next deploy says it cleared the stale lock:\n{}",
+        next.stdout
+    );
     assert_eq!(d.version_served(&h1), "v3");
 
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -382,7 +389,8 @@ fn destinations_and_ssh_failures() {
     let h1 = d.host(1).clone();
     d.project.write("config/deploy.staging.yml", "env:\n  clear:\n    STAGE: staging\n");
     let password = d.bench.registry().password();
-    d.project.write(".kamal/secrets.staging", &format!("KAMAL_REGISTRY_PASSWORD={password}\nSECRET_TOKEN=staging-token\n"));
+    d.project
+        .write(".kamal/secrets.staging", &format!("KAMAL_REGISTRY_PASSWORD={password}\nSECRET_TOKEN=staging-token\n"));
 
     d.berth(&["-d", "staging", "setup", "-P", "--version", "v1"]).ok();
     assert_eq!(d.containers(&h1, &["--filter", "name=^app-web-staging-v1$"]), ["app-web-staging-v1"]);

@@ -24,7 +24,13 @@ pub fn get(addr: &str, path: &str) -> std::io::Result<Answer> {
 }
 
 /// One request with extra headers and a timeout for the whole exchange.
-pub fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], timeout: Duration) -> std::io::Result<Answer> {
+pub fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> std::io::Result<Answer> {
     let socket: SocketAddr = addr.parse().map_err(|e| std::io::Error::other(format!("{addr}: {e}")))?;
     let mut stream = TcpStream::connect_timeout(&socket, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
@@ -103,7 +109,9 @@ impl LoadLoop {
                                 started.elapsed(),
                                 answer.body.chars().take(200).collect::<String>()
                             )),
-                            Err(err) => results.failures.push(format!("{addr}{path}: {err} after {:?}", started.elapsed())),
+                            Err(err) => {
+                                results.failures.push(format!("{addr}{path}: {err} after {:?}", started.elapsed()))
+                            }
                         }
                     }
                 }));
