@@ -262,12 +262,31 @@ impl Engine {
         env: &[String],
         command: &[String],
     ) -> Result<(), EngineError> {
-        if interactive {
-            return Err(EngineError::Refused(
-                "interactive exec needs a terminal: run `ssh -t USER@HOST docker exec -it CONTAINER CMD` (berth prints the command with -v); `berth app exec -i` is not supported yet".into(),
-            ));
-        }
         let env = parse_env(env)?;
+        if interactive {
+            // As Kamal: a terminal session on the primary host through the OpenSSH client (`ssh -t`).
+            let host =
+                self.selection.primary_host.clone().ok_or_else(|| EngineError::Refused("no host selected".into()))?;
+            let role = self.selection.roles_on(&self.config, &host).next().expect("the primary host has a role");
+            let running = self.remote().run(&host, &app::current_running_version(&self.config, role)).await?;
+            let running = running.stdout.trim().to_string();
+            let cmd = if reuse {
+                app::execute_in_existing_container(&self.config, role, &running, command, &env, true)
+            } else {
+                let version = if running.is_empty() { self.config.version.clone() } else { running };
+                app::execute_in_new_container(
+                    &self.config,
+                    role,
+                    &host,
+                    &version,
+                    command,
+                    &env,
+                    ExecMode::Interactive,
+                    &random_hex(3),
+                )
+            };
+            return self.interactive_ssh(&host, &cmd);
+        }
         let hosts = self.selection.app_hosts(&self.config);
         let version = self.config.version.clone();
         let outputs = on_hosts(&hosts, |host| {
@@ -439,12 +458,39 @@ impl Engine {
         self.show_per_host("App Host", &hosts, &commands::auditor::reveal(&self.config)).await
     }
 
-    /// `server exec CMD`: a shell command on every selected host.
+    /// Runs `cmd` on `host` in a terminal session of the OpenSSH client (`ssh -t`), attached to this terminal.
+    fn interactive_ssh(&self, host: &str, cmd: &Cmd) -> Result<(), EngineError> {
+        let ssh = self.remote().ssh().config();
+        let mut client = std::process::Command::new("ssh");
+        client.arg("-t").arg("-p").arg(ssh.port.to_string());
+        for key in &ssh.keys {
+            client.arg("-i").arg(key);
+        }
+        if let Some(proxy) = &ssh.proxy {
+            client.arg("-J").arg(proxy.to_string());
+        }
+        client.arg(format!("{}@{host}", ssh.user)).arg(cmd.script());
+        self.sink().emit(Event::Command { host: Some(host.to_string()), text: cmd.to_string() });
+        let status = client
+            .status()
+            .map_err(|source| EngineError::Local { what: "running the OpenSSH client `ssh`".into(), source })?;
+        if !status.success() {
+            return Err(EngineError::CommandFailed {
+                host: host.to_string(),
+                command: cmd.to_string(),
+                status: status.code().unwrap_or(1) as u32,
+                output: String::new(),
+            });
+        }
+        Ok(())
+    }
+
+    /// `server exec CMD`: a shell command on every selected host (`-i`: a terminal session on the primary host).
     pub async fn server_exec(&self, interactive: bool, command: &str) -> Result<(), EngineError> {
         if interactive {
-            return Err(EngineError::Refused(
-                "interactive `server exec -i` needs a terminal: use `ssh -t` to the host".into(),
-            ));
+            let host =
+                self.selection.primary_host.clone().ok_or_else(|| EngineError::Refused("no host selected".into()))?;
+            return self.interactive_ssh(&host, &Cmd::raw_script(command));
         }
         let hosts = self.selection.hosts.clone();
         self.show_per_host("App Host", &hosts, &Cmd::raw_script(command)).await
