@@ -216,6 +216,40 @@ pub fn push_from_git_archive(
         .pipe(push(config, version, local_arch, no_cache, "-"))
 }
 
+/// Without buildx: `DOCKER_BUILDKIT=0 docker build -t <image:version> -t <image:latest> <options> [--no-cache]
+/// <context>` — Docker's classic builder, for the local architecture only and without build secrets or cache
+/// export (the engine refuses those), followed by [`push_tags`].
+pub fn classic_build(config: &Config, version: &str, no_cache: bool, context: &str) -> Cmd {
+    let mut cmd = Cmd::raw_script("DOCKER_BUILDKIT=0").raw(docker().args(["build", "--quiet"]).script());
+    cmd = cmd.arg("-t").arg(names::image(config, version)).arg("-t").arg(names::latest_image(config));
+    cmd = with_build_options(cmd, config);
+    if no_cache {
+        cmd = cmd.arg("--no-cache");
+    }
+    cmd.arg(context)
+}
+
+/// [`classic_build`] of the committed tree: `git -C <repository> archive --format=tar <tree> | … -`.
+pub fn classic_build_from_git_archive(
+    config: &Config,
+    version: &str,
+    no_cache: bool,
+    repository: &str,
+    tree: &str,
+) -> Cmd {
+    Cmd::new("git")
+        .arg("-C")
+        .arg(repository)
+        .args(["archive", "--format=tar"])
+        .arg(tree)
+        .pipe(classic_build(config, version, no_cache, "-"))
+}
+
+/// `docker push <image:version> && docker push <image:latest>`.
+pub fn push_tags(config: &Config, version: &str) -> Cmd {
+    docker().arg("push").arg(names::image(config, version)).and(docker().arg("push").arg(names::latest_image(config)))
+}
+
 /// `docker --version && docker buildx version`: the deployer can build.
 pub fn ensure_docker_installed() -> Cmd {
     docker().arg("--version").and(docker().args(["buildx", "version"]))

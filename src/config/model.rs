@@ -494,7 +494,7 @@ pub fn resolve(
         return Err(ConfigError::Invalid { files: files.iter().map(Path::to_path_buf).collect(), problems });
     }
 
-    let version = resolve_version(options.version.as_deref(), env, &root)?;
+    let version = resolve_version(options.version.as_deref(), env, &root, builder.context.is_some())?;
     Ok(Config {
         service: service.unwrap_or_default(),
         image: image.unwrap_or_default(),
@@ -551,8 +551,14 @@ fn project_root(config_file: &Path) -> PathBuf {
     }
 }
 
-/// `--version` › `$VERSION` › `git rev-parse HEAD` (with `_uncommitted_<hex>` when the tree is dirty).
-fn resolve_version(declared: Option<&str>, env: &Environment, root: &Path) -> Result<String, ConfigError> {
+/// `--version` › `$VERSION` › `git rev-parse HEAD`, with `_uncommitted_<hex>` when the tree is dirty and the
+/// image is built from the working tree (`builder.context` set); otherwise the build uses the commit itself.
+fn resolve_version(
+    declared: Option<&str>,
+    env: &Environment,
+    root: &Path,
+    builds_from_working_tree: bool,
+) -> Result<String, ConfigError> {
     if let Some(version) = declared.filter(|v| !v.is_empty()) {
         return Ok(version.to_string());
     }
@@ -566,7 +572,8 @@ fn resolve_version(declared: Option<&str>, env: &Environment, root: &Path) -> Re
     let Some(revision) = git("rev-parse HEAD").filter(|r| !r.is_empty()) else {
         return Err(ConfigError::NoVersion { dir: root.to_path_buf() });
     };
-    let dirty = git("status --porcelain --untracked-files=no").is_some_and(|s| !s.is_empty());
+    let dirty =
+        builds_from_working_tree && git("status --porcelain --untracked-files=no").is_some_and(|s| !s.is_empty());
     if dirty {
         let suffix: String = format!("{:016x}", random_u64());
         return Ok(format!("{revision}_uncommitted_{suffix}"));

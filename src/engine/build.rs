@@ -36,36 +36,59 @@ impl Engine {
                 "`docker` is not available on this machine; install Docker to build, or build in CI and deploy with --skip-push".into(),
             ));
         }
-        if self.local("docker buildx version", None).await.is_err() {
-            return Err(EngineError::Refused(format!(
-                "building needs `docker buildx` (berth builds and pushes in one step, for {}), which is not installed here: install the buildx plugin, or build in CI and deploy with --skip-push",
-                builder.arch.join(", ")
-            )));
+        let has_buildx = self.local("docker buildx version", None).await.is_ok();
+        let only_local_arch = builder.arch.iter().all(|arch| arch == local_arch);
+        if !has_buildx {
+            // The classic builder can still do a single-architecture build without BuildKit features.
+            let needs_buildkit = !only_local_arch
+                || !builder.secrets.is_empty()
+                || commands::builder::cache_options(config).is_some()
+                || builder.raw.contains_key("ssh");
+            if needs_buildkit {
+                let why = if only_local_arch {
+                    "build secrets, cache export or ssh".to_string()
+                } else {
+                    format!("{} on an {local_arch} machine", builder.arch.join(", "))
+                };
+                return Err(EngineError::Refused(format!(
+                    "this build needs `docker buildx` ({why}), which is not installed here: install the buildx plugin, or build in CI and deploy with --skip-push"
+                )));
+            }
         }
         if let Some(login) = self.registry_login_cmd().await? {
             self.local(login.script(), login.stdin()).await?;
         }
+        if has_buildx
+            && let Some(inspect) = commands::builder::inspect_builder(config, local_arch)
+            && self.local(inspect.script(), None).await.is_err()
+            && let Some(create) = commands::builder::create(config, local_arch)
+        {
+            self.local(create.script(), None).await?;
+        }
 
         let image = names::image(config, &config.version);
-        let context_from_git = builder.context.is_none() && config.root.join(".git").exists();
-        let build = if context_from_git {
-            let root = config.root.display().to_string();
-            commands::builder::push_from_git_archive(
-                config,
-                &config.version,
-                local_arch,
-                options.no_cache,
-                &root,
-                "HEAD",
-            )
-        } else {
-            commands::builder::push(
-                config,
-                &config.version,
-                local_arch,
-                options.no_cache,
-                commands::builder::context(config),
-            )
+        // Without `builder.context`, the committed tree of HEAD (Kamal builds from a clean clone).
+        let git_tree = match builder.context {
+            None => self.git_tree().await,
+            Some(_) => None,
+        };
+        let no_cache = options.no_cache;
+        let version = &config.version;
+        let build = match (has_buildx, &git_tree) {
+            (true, Some((repository, tree))) => {
+                commands::builder::push_from_git_archive(config, version, local_arch, no_cache, repository, tree)
+            }
+            (true, None) => {
+                commands::builder::push(config, version, local_arch, no_cache, commands::builder::context(config))
+            }
+            (false, Some((repository, tree))) => {
+                commands::builder::classic_build_from_git_archive(config, version, no_cache, repository, tree)
+                    .and(commands::builder::push_tags(config, version))
+            }
+            (false, None) => {
+                commands::builder::classic_build(config, version, no_cache, commands::builder::context(config))
+                    .and(commands::builder::push_tags(config, version))
+            }
         };
         self.sink().emit(Event::Command { host: None, text: build.to_string() });
         self.local(build.script(), None).await?;
@@ -76,6 +99,16 @@ impl Engine {
             ok: true,
         });
         Ok(())
+    }
+
+    /// The git repository holding the project and the tree of HEAD for the project's directory
+    /// (`HEAD`, or `HEAD:sub/dir`), or None outside git.
+    async fn git_tree(&self) -> Option<(String, String)> {
+        let top = self.local("git rev-parse --show-toplevel", None).await.ok()?;
+        let prefix = self.local("git rev-parse --show-prefix", None).await.unwrap_or_default();
+        let prefix = prefix.trim().trim_end_matches('/');
+        let tree = if prefix.is_empty() { "HEAD".to_string() } else { format!("HEAD:{prefix}") };
+        Some((top.trim().to_string(), tree))
     }
 
     /// Runs a shell command on the deployer in the project root; its output lines go to the sink.

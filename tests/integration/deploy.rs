@@ -427,3 +427,46 @@ fn destinations_and_ssh_failures() {
     assert!(err.contains(&unreachable), "{err}");
     assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
 }
+
+/// `berth deploy` without `-P` builds the image from the committed tree (`git archive HEAD`: uncommitted
+/// changes stay out), pushes it and deploys it, the version being the commit.
+#[test]
+fn deploy_builds_the_committed_tree_pushes_and_deploys_it() {
+    let bench = Bench::start(1);
+    let config = one_host_config(&bench);
+    let mut d = Deployment::new(bench, &config);
+    let h1 = d.host(1).clone();
+    // The deployer's docker talks to the first host's engine (this machine runs no engine of its own).
+    d.project.env.insert("DOCKER_HOST".into(), h1.docker_host.clone());
+    for (key, value) in [("GIT_AUTHOR_NAME", "Ana"), ("GIT_AUTHOR_EMAIL", "ana@example.com")] {
+        d.project.env.insert(key.into(), value.into());
+        d.project.env.insert(key.replace("AUTHOR", "COMMITTER"), value.into());
+    }
+    std::fs::copy(crate::support::bench::test_app_binary(), d.project.path().join("berth-test-app")).unwrap();
+    d.project.write(
+        "Dockerfile",
+        "FROM scratch\nCOPY berth-test-app /berth-test-app\nENV PORT=80 APP_VERSION=built\nENTRYPOINT [\"/berth-test-app\"]\n",
+    );
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(d.project.path())
+            .env_clear()
+            .envs(&d.project.env)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    git(&["init", "-q"]);
+    git(&["add", "Dockerfile", "berth-test-app", "config/deploy.yml"]);
+    git(&["commit", "-q", "-m", "app"]);
+    let sha = git(&["rev-parse", "HEAD"]);
+    // An uncommitted change that would break the build: it must not reach the image.
+    d.project.write("Dockerfile", "FROM scratch\nCOPY missing-file /x\n");
+
+    let out = d.berth(&["setup"]);
+    assert!(out.ok().contains("Built and pushed"), "{}", out.stdout);
+    assert_eq!(d.get(&h1, "/env/KAMAL_VERSION").body, sha);
+    assert_eq!(d.version_served(&h1), "built");
+}
