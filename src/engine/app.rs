@@ -411,3 +411,39 @@ pub fn random_hex(bytes: usize) -> String {
     let _ = getrandom::fill(&mut buffer);
     buffer.iter().map(|byte| format!("{byte:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LoadOptions;
+    use crate::environment::Environment;
+
+    fn config(boot: &str) -> crate::config::Config {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = format!(
+            "service: app\nimage: app\nregistry: {{server: r:5000, username: u, password: p}}\nbuilder: {{arch: amd64}}\n\
+             servers: [h1, h2, h3, h4, h5]\n{boot}"
+        );
+        std::fs::create_dir_all(dir.path().join("config")).unwrap();
+        std::fs::write(dir.path().join("config/deploy.yml"), yaml).unwrap();
+        let env = Environment::from_vars([("VERSION", "v1")], dir.path());
+        let options =
+            LoadOptions { config_file: dir.path().join("config/deploy.yml"), destination: None, version: None };
+        crate::config::Config::load(&options, &env).unwrap()
+    }
+
+    fn hosts() -> Vec<String> {
+        ["h1", "h2", "h3", "h4", "h5"].map(String::from).to_vec()
+    }
+
+    #[test]
+    fn boot_groups_follow_boot_limit_as_a_count_or_a_share_of_all_hosts() {
+        assert_eq!(boot_groups(&config(""), &hosts()).len(), 1);
+        let groups = boot_groups(&config("boot: {limit: 2}\n"), &hosts());
+        assert_eq!(groups, [vec!["h1", "h2"], vec!["h3", "h4"], vec!["h5"]]);
+        let groups = boot_groups(&config("boot: {limit: 40%}\n"), &hosts());
+        assert_eq!(groups.len(), 3, "40% of 5 hosts = 2 per group");
+        let groups = boot_groups(&config("boot: {limit: 10%}\n"), &hosts());
+        assert_eq!(groups.len(), 5, "at least one host per group");
+    }
+}

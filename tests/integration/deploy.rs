@@ -239,6 +239,19 @@ fn deploys_without_dropping_a_request_and_rolls_back_a_broken_version_everywhere
     d.berth(&["app", "live"]).ok();
     assert_eq!(d.version_served(&h1), "v2");
 
+    // The proxy container replaced: its routes come back from its state volume.
+    d.berth(&["proxy", "reboot", "-y"]).ok();
+    assert_eq!(d.version_served(&h1), "v2");
+    assert_eq!(d.version_served(&h2), "v2");
+    let details = d.berth(&["details"]);
+    assert!(details.ok().contains("app-web-v2") && details.stdout.contains("kamal-proxy"), "{}", details.stdout);
+
+    // app stop takes the app out of the proxy (404), app start puts it back.
+    d.berth(&["app", "stop", "-r", "web"]).ok();
+    assert_eq!(d.get(&h1, "/").status, 404);
+    d.berth(&["app", "start", "-r", "web", "--version", "v2"]).ok();
+    assert_eq!(d.version_served(&h1), "v2");
+
     let audit = d.berth(&["audit"]);
     assert!(audit.ok().contains("Booted app version v2"), "{}", audit.stdout);
 
