@@ -137,7 +137,8 @@ async fn route_and_forward(
             if is_health_check {
                 return text_response(StatusCode::OK, Bytes::from_static(b"OK"));
             }
-            match service.pause.admit().await {
+            // Rare paths are boxed so the common path's future (kept per connection by hyper) stays small.
+            match Box::pin(service.pause.admit()).await {
                 Admission::Proceed => {}
                 Admission::Stopped(message) => {
                     return page(Some(&service), StatusCode::SERVICE_UNAVAILABLE, Some(&message));
@@ -149,7 +150,7 @@ async fn route_and_forward(
             }
         }
         let group = choose_group(&service, request.headers());
-        if !group.is_admitted() && !group.wait_admitted().await {
+        if !group.is_admitted() && !Box::pin(group.wait_admitted()).await {
             return page(
                 Some(&service),
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -208,7 +209,7 @@ async fn route_and_forward(
     if options.buffer_responses && !is_stream {
         let (parts, body) = response.into_parts();
         let limit = if options.max_response_body > 0 { options.max_response_body } else { options.buffer_memory };
-        return match buffer_body(body, limit).await {
+        return match Box::pin(buffer_body(body, limit)).await {
             Ok((head, None)) => {
                 if let Some(sender) = sender {
                     target.checkin(sender);
@@ -331,7 +332,7 @@ async fn build_upstream_request(
         UpstreamBody::Empty
     } else if options.buffer_requests {
         let limit = if options.max_request_body > 0 { options.max_request_body } else { options.buffer_memory };
-        match tokio::time::timeout(shared.body_read_timeout, buffer_body(body, limit)).await {
+        match Box::pin(tokio::time::timeout(shared.body_read_timeout, buffer_body(body, limit))).await {
             Ok(Ok((head, None))) => {
                 parts.headers.remove(header::TRANSFER_ENCODING);
                 parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(head.len()));
@@ -363,12 +364,15 @@ async fn send_upstream(
     request: Request<UpstreamBody>,
 ) -> Result<(Response<Incoming>, Option<SendRequest<UpstreamBody>>), UpstreamError> {
     let is_upgrade = request.headers().contains_key(header::UPGRADE);
-    let mut sender = target.checkout().await?;
+    let mut sender = match target.checkout_idle() {
+        Some(sender) => sender,
+        None => Box::pin(target.checkout()).await?,
+    };
     let response = match sender.try_send_request(request).await {
         Ok(response) => response,
         Err(mut error) => match error.take_message() {
             Some(request) => {
-                sender = target.connect().await?;
+                sender = Box::pin(target.connect()).await?;
                 sender.send_request(request).await.map_err(UpstreamError::Request)?
             }
             None => return Err(UpstreamError::Request(error.into_error())),

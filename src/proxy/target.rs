@@ -281,6 +281,23 @@ impl Target {
         }
     }
 
+    /// A pooled idle connection that is ready now, without waiting (the common case).
+    pub fn checkout_idle(&self) -> Option<SendRequest<UpstreamBody>> {
+        let pool = &self.pools[worker_index() % self.pools.len()];
+        let mut idle = pool.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(sender) = idle.pop() {
+            if sender.is_ready() {
+                return Some(sender);
+            }
+            if !sender.is_closed() {
+                // Not ready yet (its last response is still being finished): leave it for `checkout`.
+                idle.push(sender);
+                return None;
+            }
+        }
+        None
+    }
+
     /// A ready connection to this target: a pooled idle one, or a new one.
     pub async fn checkout(&self) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
         let pool = &self.pools[worker_index() % self.pools.len()];
