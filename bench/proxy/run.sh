@@ -127,6 +127,7 @@ to_ms() { # wrk prints 512.00us / 1.23ms / 1.01s
 }
 
 echo "wrk -t1 -c$connections -d${duration}s, $rounds rounds; wrk on CPU 0, proxy + backend on CPU 1"
+echo "load average before the run: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine skews every setup; compare within a round)"
 printf '%-8s %-6s %12s %10s %10s  %s\n' round setup req/s p50_ms p99_ms notes
 declare -A all
 for round in $(seq 1 "$rounds"); do
@@ -141,6 +142,7 @@ for round in $(seq 1 "$rounds"); do
 done
 
 echo
+echo "load average after the run: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "median over rounds:"
 for name in direct nginx berth; do
     rps=$(awk 'NF {print $1}' <<<"${all[$name]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
