@@ -208,12 +208,12 @@ pub fn push_from_git_archive(
     repository: &str,
     tree: &str,
 ) -> Cmd {
-    Cmd::new("git")
-        .arg("-C")
-        .arg(repository)
-        .args(["archive", "--format=tar"])
-        .arg(tree)
-        .pipe(push(config, version, local_arch, no_cache, "-"))
+    git_archive(repository, tree).pipe(push(config, version, local_arch, no_cache, "-"))
+}
+
+/// `git -C <repository> archive --format=tar <tree>`: the committed tree as a tar on stdout.
+fn git_archive(repository: &str, tree: &str) -> Cmd {
+    Cmd::new("git").arg("-C").arg(repository).args(["archive", "--format=tar"]).arg(tree)
 }
 
 /// Without buildx: `DOCKER_BUILDKIT=0 docker build -t <image:version> -t <image:latest> <options> [--no-cache]
@@ -237,12 +237,7 @@ pub fn classic_build_from_git_archive(
     repository: &str,
     tree: &str,
 ) -> Cmd {
-    Cmd::new("git")
-        .arg("-C")
-        .arg(repository)
-        .args(["archive", "--format=tar"])
-        .arg(tree)
-        .pipe(classic_build(config, version, no_cache, "-"))
+    git_archive(repository, tree).pipe(classic_build(config, version, no_cache, "-"))
 }
 
 /// `docker push <image:version> && docker push <image:latest>`.

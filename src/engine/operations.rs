@@ -238,20 +238,8 @@ impl Engine {
 
     /// `app logs`: per (host, role); with `--follow`, streamed live from one host.
     pub async fn app_logs(&self, options: &LogOptions) -> Result<(), EngineError> {
-        let hosts = self.selection.app_hosts(&self.config);
-        let outputs = on_hosts(&hosts, |host| async move {
-            let mut text = String::new();
-            for role in self.selection.roles_on(&self.config, &host) {
-                let output = self.remote().run_unchecked(&host, &app::logs(&self.config, role, options)).await?;
-                text.push_str(&output.stdout);
-            }
-            Ok((host, text))
-        })
-        .await?;
-        for (host, text) in outputs {
-            self.show(&format!("App Host: {host}"), &text);
-        }
-        Ok(())
+        // A `--grep` that matches nothing exits 1: that is an empty answer, not a failure.
+        self.show_per_role(|role| app::logs(&self.config, role, options).or(Cmd::new("true"))).await
     }
 
     /// `app exec`: in a new container of the running version (default), or in the running one (`--reuse`).
