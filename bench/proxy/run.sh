@@ -130,15 +130,21 @@ echo "wrk -t1 -c$connections -d${duration}s, $rounds rounds; wrk on CPU 0, proxy
 echo "load average before the run: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine skews every setup; compare within a round)"
 printf '%-8s %-6s %12s %10s %10s  %s\n' round setup req/s p50_ms p99_ms notes
 declare -A all
+ratios=""
 for round in $(seq 1 "$rounds"); do
-    for setup in direct:$backend_port nginx:$nginx_port berth:$berth_port; do
+    # Alternate the order of the two proxies so a load change during a round does not always favour one.
+    if (( round % 2 )); then order="direct:$backend_port nginx:$nginx_port berth:$berth_port"; else order="direct:$backend_port berth:$berth_port nginx:$nginx_port"; fi
+    declare -A this_round=()
+    for setup in $order; do
         name=${setup%%:*}
         port=${setup##*:}
         result=$(run_wrk "$name" "$port")
         all[$name]+="$result"$'\n'
+        this_round[$name]=${result%% *}
         # shellcheck disable=SC2086
         printf '%-8s %-6s %12s %10s %10s  %s\n' "$round" "$name" $result
     done
+    ratios+="$(awk -v b="${this_round[berth]}" -v n="${this_round[nginx]}" 'BEGIN {printf "%.3f", b / n}')"$'\n'
 done
 
 echo
@@ -150,6 +156,8 @@ for name in direct nginx berth; do
     p99=$(awk 'NF {print $3}' <<<"${all[$name]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
     printf '%-6s %12s req/s  p50 %s ms  p99 %s ms\n' "$name" "$rps" "$p50" "$p99"
 done
+echo "berth/nginx throughput per round: $(tr '\n' ' ' <<<"$ratios")"
+echo "median berth/nginx: $(awk 'NF' <<<"$ratios" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')"
 
 # Memory: RSS growth of the proxy process (nginx: its worker) with 1,000 idle keep-alive connections,
 # each having made one request.
