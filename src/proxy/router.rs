@@ -105,6 +105,8 @@ impl TargetGroup {
         let drains = self.targets.iter().map(|t| async move { (t.address.clone(), t.drain(drain_timeout).await) });
         let outcomes = futures_util::future::join_all(drains).await;
         self.checkers.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        // Ends a restore's admission wait, if one is still pending (the group takes no traffic any more).
+        self.admit();
         outcomes
     }
 
@@ -805,14 +807,26 @@ impl Router {
             Some(TargetGroup::start(&entry.rollout_targets, &options, self.workers).map_err(fail)?)
         };
         for group in std::iter::once(&active).chain(rollout.as_ref()) {
-            let group = Arc::clone(group);
+            // Admit the group once every target passed its threshold; until then requests wait for it. A
+            // group retired first (replaced by a deploy) is admitted by `retire`, which ends this task.
+            let weak = Arc::downgrade(group);
+            let mut admission = group.admission.subscribe();
+            let targets: Vec<Arc<Target>> = group.targets.clone();
             tokio::spawn(async move {
-                // Admit the group once every target passed its threshold; until then requests wait for it.
-                for target in &group.targets {
-                    let mut health = target.subscribe_health();
-                    let _ = health.wait_for(|h| h.healthy).await;
+                let all_healthy = async {
+                    for target in &targets {
+                        let mut health = target.subscribe_health();
+                        let _ = health.wait_for(|h| h.healthy).await;
+                    }
+                };
+                tokio::select! {
+                    () = all_healthy => {
+                        if let Some(group) = weak.upgrade() {
+                            group.admit();
+                        }
+                    }
+                    _ = admission.wait_for(|admitted| *admitted) => {}
                 }
-                group.admit();
             });
         }
         Ok(Arc::new(Service {
