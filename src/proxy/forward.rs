@@ -80,9 +80,7 @@ pub async fn handle(
         None => new_request_id(),
     };
     let mut record = RequestRecord::new(&request, connection, started, request_id, shared.access_log);
-    // Boxed per request: hyper keeps the request future's allocation for the connection's whole life, so
-    // an idle keep-alive connection would otherwise hold ~3 KB of request state it no longer needs.
-    let response = Box::pin(route_and_forward(&shared, request, &mut record)).await;
+    let response = route_and_forward(&shared, request, &mut record).await;
     if let Some(service) = &record.service {
         shared.metrics.request_finished(service.id, record.method, response.status().as_u16(), started.elapsed());
     }
