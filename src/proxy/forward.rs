@@ -172,11 +172,21 @@ async fn route_and_forward(
     let wants_upgrade = is_upgrade_request(request.headers());
     let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut request));
     let options = &service.options;
-    let upstream_request =
-        match build_upstream_request(shared, request, &service, strip_len, wants_upgrade, record).await {
+    let (parts, body) = match upstream_parts(request, &service, strip_len, wants_upgrade, record) {
+        Ok(parts_and_body) => parts_and_body,
+        Err(response) => return response,
+    };
+    let upstream_request = if body.is_end_stream() {
+        Request::from_parts(parts, UpstreamBody::Empty)
+    } else if options.buffer_requests {
+        // Boxed: buffering is the rare path, and its state would otherwise enlarge every request's future.
+        match Box::pin(buffer_request(shared, parts, body, &service, record)).await {
             Ok(request) => request,
             Err(response) => return response,
-        };
+        }
+    } else {
+        Request::from_parts(parts, UpstreamBody::Stream { head: None, rest: body })
+    };
 
     let outcome = tokio::time::timeout(options.target_timeout, send_upstream(&target, upstream_request)).await;
     let (mut response, sender) = match outcome {
@@ -249,14 +259,15 @@ fn choose_group<'a>(service: &'a Service, headers: &HeaderMap) -> &'a Arc<Target
     &service.active
 }
 
-async fn build_upstream_request(
-    shared: &Shared,
+/// The request head to send upstream (forwarding headers set, hop-by-hop headers removed, prefix stripped),
+/// and the client's body. Not async, so it adds nothing to the request's future.
+fn upstream_parts(
     request: Request<Incoming>,
     service: &Service,
     strip_len: usize,
     wants_upgrade: bool,
     record: &mut RequestRecord,
-) -> Result<Request<UpstreamBody>, Response<ProxyBody>> {
+) -> Result<(http::request::Parts, Incoming), Response<ProxyBody>> {
     let options = &service.options;
     let connection = &record.connection;
     let (mut parts, body) = request.into_parts();
@@ -328,31 +339,37 @@ async fn build_upstream_request(
     }
     parts.version = Version::HTTP_11;
 
-    let body = if body.is_end_stream() {
-        UpstreamBody::Empty
-    } else if options.buffer_requests {
-        let limit = if options.max_request_body > 0 { options.max_request_body } else { options.buffer_memory };
-        match Box::pin(tokio::time::timeout(shared.body_read_timeout, buffer_body(body, limit))).await {
-            Ok(Ok((head, None))) => {
-                parts.headers.remove(header::TRANSFER_ENCODING);
-                parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(head.len()));
-                UpstreamBody::Full(Some(head))
-            }
-            Ok(Ok((_, Some(_)))) if options.max_request_body > 0 => {
-                return Err(page(Some(service), StatusCode::PAYLOAD_TOO_LARGE, None));
-            }
-            Ok(Ok((head, Some(rest)))) => UpstreamBody::Stream { head: Some(head), rest },
-            Ok(Err(error)) => {
-                record.error = Some(format!("reading the request body: {error}"));
-                return Err(page(Some(service), StatusCode::BAD_REQUEST, None));
-            }
-            Err(_) => {
-                record.error = Some("request body not received in time".to_string());
-                return Err(page(Some(service), StatusCode::REQUEST_TIMEOUT, None));
-            }
+    Ok((parts, body))
+}
+
+/// Reads the request body before contacting the target (`--buffer-requests`), up to the limit.
+async fn buffer_request(
+    shared: &Shared,
+    mut parts: http::request::Parts,
+    body: Incoming,
+    service: &Service,
+    record: &mut RequestRecord,
+) -> Result<Request<UpstreamBody>, Response<ProxyBody>> {
+    let options = &service.options;
+    let limit = if options.max_request_body > 0 { options.max_request_body } else { options.buffer_memory };
+    let body = match tokio::time::timeout(shared.body_read_timeout, buffer_body(body, limit)).await {
+        Ok(Ok((head, None))) => {
+            parts.headers.remove(header::TRANSFER_ENCODING);
+            parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(head.len()));
+            UpstreamBody::Full(Some(head))
         }
-    } else {
-        UpstreamBody::Stream { head: None, rest: body }
+        Ok(Ok((_, Some(_)))) if options.max_request_body > 0 => {
+            return Err(page(Some(service), StatusCode::PAYLOAD_TOO_LARGE, None));
+        }
+        Ok(Ok((head, Some(rest)))) => UpstreamBody::Stream { head: Some(head), rest },
+        Ok(Err(error)) => {
+            record.error = Some(format!("reading the request body: {error}"));
+            return Err(page(Some(service), StatusCode::BAD_REQUEST, None));
+        }
+        Err(_) => {
+            record.error = Some("request body not received in time".to_string());
+            return Err(page(Some(service), StatusCode::REQUEST_TIMEOUT, None));
+        }
     };
     Ok(Request::from_parts(parts, body))
 }
