@@ -174,7 +174,7 @@ async fn route_and_forward(
     let options = &service.options;
     let (parts, body) = match upstream_parts(request, &service, strip_len, wants_upgrade, record) {
         Ok(parts_and_body) => parts_and_body,
-        Err(response) => return response,
+        Err(status) => return page(Some(&service), status, None),
     };
     let upstream_request = if body.is_end_stream() {
         Request::from_parts(parts, UpstreamBody::Empty)
@@ -267,7 +267,7 @@ fn upstream_parts(
     strip_len: usize,
     wants_upgrade: bool,
     record: &mut RequestRecord,
-) -> Result<(http::request::Parts, Incoming), Response<ProxyBody>> {
+) -> Result<(http::request::Parts, Incoming), StatusCode> {
     let options = &service.options;
     let connection = &record.connection;
     let (mut parts, body) = request.into_parts();
@@ -334,7 +334,7 @@ fn upstream_parts(
         };
         parts.uri = match Uri::builder().path_and_query(path_and_query).build() {
             Ok(uri) => uri,
-            Err(_) => return Err(page(Some(service), StatusCode::BAD_REQUEST, None)),
+            Err(_) => return Err(StatusCode::BAD_REQUEST),
         };
     }
     parts.version = Version::HTTP_11;
