@@ -8,6 +8,7 @@ pub mod app;
 pub mod build;
 pub mod flows;
 pub mod hooks;
+pub mod inventory;
 pub mod lock;
 pub mod operations;
 pub mod output;
@@ -114,6 +115,8 @@ pub struct Engine {
     hooks: Hooks,
     cancel: Cancel,
     started: Instant,
+    /// berth's own proxy image, read from the binary the first time a host needs it.
+    proxy_image: std::sync::OnceLock<Arc<proxy_image::ProxyImage>>,
     /// Set while this process holds the deploy lock (nested steps don't take it again).
     holding_lock: AtomicBool,
 }
@@ -154,6 +157,7 @@ impl Engine {
             hooks,
             cancel: Cancel::default(),
             started: Instant::now(),
+            proxy_image: std::sync::OnceLock::new(),
             holding_lock: AtomicBool::new(false),
         })
     }

@@ -141,7 +141,7 @@ async fn dispatch(engine: &Engine, command: &Command) -> anyhow::Result<()> {
         Command::Details => engine.details().await?,
         Command::Audit => engine.audit().await?,
         Command::App(app) => match app {
-            AppCommand::Boot => engine.with_lock(engine.boot_app(&engine.config.version)).await?,
+            AppCommand::Boot => engine.with_lock(engine.boot_app(&engine.config.version, Default::default())).await?,
             AppCommand::Start => engine.start_app().await?,
             AppCommand::Stop => engine.stop_app().await?,
             AppCommand::Restart => {

@@ -135,6 +135,30 @@ pub fn filters(config: &Config, role: Option<&Role>, statuses: &[&str]) -> Vec<S
     filters
 }
 
+/// The `docker ps` template of [`inventory`]: name, id, state, image reference and role, tab-separated.
+pub const INVENTORY_FORMAT: &str = "{{.Names}}\t{{.ID}}\t{{.State}}\t{{.Image}}\t{{.Label \"role\"}}";
+
+/// Every container of the app (this destination, all roles, any state), newest first, one per line in
+/// [`INVENTORY_FORMAT`]: one `docker` call from which the engine reads the running version, the clash with a
+/// same-named container, what to stop and what to prune (Kamal spends a call on each).
+pub fn inventory(config: &Config) -> Cmd {
+    with_filters(docker().args(["ps", "--all"]), &filters(config, None, &[])).args(["--format", INVENTORY_FORMAT])
+}
+
+/// `docker stop [-t N] <ids…>`.
+pub fn stop_containers(ids: &[String], timeout: Option<u64>) -> Cmd {
+    let mut cmd = docker().arg("stop");
+    if let Some(timeout) = timeout {
+        cmd = cmd.arg("-t").arg(timeout.to_string());
+    }
+    cmd.args(ids)
+}
+
+/// `docker rm <ids…>`.
+pub fn remove_containers_by_id(ids: &[String]) -> Cmd {
+    docker().arg("rm").args(ids)
+}
+
 /// Kamal's `current_running_container(format:)`: the newest running container of the role built from the
 /// image tagged `latest`, else the newest running one — `sh -c '…' | head -1`.
 fn current_running_container(config: &Config, role: &Role, format_args: &[&str]) -> Cmd {
@@ -448,6 +472,19 @@ mod tests {
 
     fn words(command: &[&str]) -> Vec<String> {
         command.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn inventory_lists_every_container_of_the_app_with_its_role() {
+        let config = config("servers: [1.1.1.1]\n");
+        assert_eq!(
+            inventory(&config).script(),
+            "docker ps --all --filter label=service=app --filter label=destination= --format \
+             '{{.Names}}\t{{.ID}}\t{{.State}}\t{{.Image}}\t{{.Label \"role\"}}'"
+        );
+        let ids = ["a1".to_string(), "b2".to_string()];
+        assert_eq!(stop_containers(&ids, Some(7)).script(), "docker stop -t 7 a1 b2");
+        assert_eq!(remove_containers_by_id(&ids).script(), "docker rm a1 b2");
     }
 
     #[test]

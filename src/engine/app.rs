@@ -6,8 +6,10 @@
 //! **all** hosts passed. If any host fails (or the user cancels), every host that already switched is switched
 //! back to the container it ran before, which is still running, and the new containers are stopped.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use super::inventory::Inventory;
 use super::remote::on_hosts;
 use super::{Engine, EngineError};
 use crate::command::Cmd;
@@ -27,46 +29,65 @@ pub struct Booted {
     pub previous_version: Option<String>,
     /// Short id of the previous container, if it was running.
     pub previous_id: Option<String>,
+    /// Containers of the role running before, stopped once every host passed.
+    pub stop_ids: Vec<String>,
     /// Whether the proxy on that host now routes to the new container.
     pub switched: bool,
 }
 
+/// What booting does besides booting.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BootOptions {
+    /// Make sure each host runs the proxy (deploy); `setup` and `proxy boot` do it separately.
+    pub ensure_proxy: bool,
+    /// Prune old containers and images on each host afterwards (deploy, setup).
+    pub prune: bool,
+}
+
 impl Engine {
     /// `app boot`: boots `version` on every selected app host, all-or-nothing (see the module doc).
-    pub async fn boot_app(&self, version: &str) -> Result<(), EngineError> {
+    pub async fn boot_app(&self, version: &str, options: BootOptions) -> Result<(), EngineError> {
         let config = self.config.clone();
         let hosts = self.selection.app_hosts(&config);
         let secrets = self.secrets().await?;
+        let proxy_hosts = if options.ensure_proxy { self.proxy_hosts() } else { Vec::new() };
 
-        // Env files first, everywhere, so no container starts before every host has its secrets.
-        self.stage("Write env files", hosts.len(), async {
-            on_hosts(&hosts, |host| {
-                let secrets = secrets.clone();
-                async move {
-                    let started = Instant::now();
-                    self.remote().run(&host, &app::make_env_directory(&self.config)).await?;
-                    for role in self.selection.roles_on(&self.config, &host) {
-                        let lookup = commands::env_file::lookup_in(&secrets);
-                        let text = commands::env_file::role_env_file(&self.config, role, &host, lookup)
-                            .map_err(|missing| EngineError::Refused(missing.to_string()))?;
-                        let path = names::role_env_file(&self.config, &role.name);
-                        self.remote().write_file(&host, &path, text.as_bytes(), 0o600).await?;
-                        self.upload_custom_certificate(&host, role, &secrets).await?;
+        // Every host prepared before any container starts: its proxy, its env files (so no container starts
+        // before every host has its secrets), error pages, certificates, and what it runs now.
+        let inventories = self
+            .stage("Prepare hosts", hosts.len(), async {
+                on_hosts(&hosts, |host| {
+                    let secrets = secrets.clone();
+                    let proxied = proxy_hosts.contains(&host);
+                    async move {
+                        if options.ensure_proxy {
+                            self.ensure_proxy_on(&host, proxied).await?;
+                        }
+                        let started = Instant::now();
+                        for role in self.selection.roles_on(&self.config, &host) {
+                            let lookup = commands::env_file::lookup_in(&secrets);
+                            let text = commands::env_file::role_env_file(&self.config, role, &host, lookup)
+                                .map_err(|missing| EngineError::Refused(missing.to_string()))?;
+                            let path = names::role_env_file(&self.config, &role.name);
+                            self.remote().write_file(&host, &path, text.as_bytes(), 0o600).await?;
+                            self.upload_custom_certificate(&host, role, &secrets).await?;
+                        }
+                        self.upload_error_pages(&host, version).await?;
+                        let listing = self.remote().run(&host, &app::inventory(&self.config)).await?;
+                        self.remote().report(&host, "Wrote env files", started, true);
+                        Ok((host, Inventory::parse(&listing.stdout)))
                     }
-                    self.upload_error_pages(&host, version).await?;
-                    self.remote().report(&host, "Wrote env files", started, true);
-                    Ok(())
-                }
+                })
+                .await
             })
-            .await
-        })
-        .await?;
+            .await?;
+        let inventories: HashMap<String, Inventory> = inventories.into_iter().collect();
 
         let mut booted: Vec<Booted> = Vec::new();
         let groups = boot_groups(&config, &hosts);
         let group_count = groups.len();
         for (index, group) in groups.into_iter().enumerate() {
-            let result = self.boot_group(&group, version, &mut booted).await;
+            let result = self.boot_group(&group, version, &inventories, &mut booted).await;
             if let Err(err) = result {
                 self.roll_back(&booted).await;
                 return Err(err);
@@ -79,16 +100,40 @@ impl Engine {
             }
         }
 
-        // Every host passed: now the old containers can go.
-        self.stage("Stop old containers", hosts.len(), async {
+        // Every host passed: now the old containers can go, `latest` moves, and old ones are pruned.
+        self.stage("Finish", hosts.len(), async {
             on_hosts(&hosts, |host| {
                 let booted = &booted;
                 async move {
-                    for boot in booted.iter().filter(|boot| boot.host == host) {
+                    let started = Instant::now();
+                    let mut finish = app::tag_latest_image(&self.config, version);
+                    let mut stopped = Vec::new();
+                    for boot in booted.iter().filter(|boot| boot.host == host && !boot.stop_ids.is_empty()) {
                         let role = self.config.role(&boot.role).expect("booted roles exist");
-                        self.stop_other_versions(&host, role, version).await?;
+                        let timeout = app::stop_timeout(&self.config, role);
+                        finish = app::stop_containers(&boot.stop_ids, timeout).and(finish);
+                        stopped.extend(
+                            boot.previous_version.iter().map(|v| names::container_name(&self.config, &role.name, v)),
+                        );
                     }
-                    self.remote().run(&host, &app::tag_latest_image(&self.config, version)).await?;
+                    for role in self.selection.roles_on(&self.config, &host) {
+                        if app::asset_path(role, &self.config).is_some() && role.runs_proxy() {
+                            finish = finish.and(app::clean_up_assets(&self.config, role, version));
+                        }
+                    }
+                    if self.config.error_pages_path.is_some() {
+                        finish = finish.and(app::clean_up_error_pages(&self.config, version));
+                    }
+                    self.remote().run(&host, &finish).await?;
+                    let what = if stopped.is_empty() {
+                        "Tagged latest".to_string()
+                    } else {
+                        format!("Stopped {}", stopped.join(", "))
+                    };
+                    self.remote().report(&host, &what, started, true);
+                    if options.prune {
+                        self.prune_after_deploy(&host).await?;
+                    }
                     Ok(())
                 }
             })
@@ -98,14 +143,45 @@ impl Engine {
         Ok(())
     }
 
+    /// Kamal's `prune all` for one host, decided from one listing: stopped containers beyond
+    /// `retain_containers`, then the images no remaining container uses (only when containers went).
+    async fn prune_after_deploy(&self, host: &str) -> Result<(), EngineError> {
+        let started = Instant::now();
+        let listing = self.remote().run(host, &app::inventory(&self.config)).await?;
+        let inventory = Inventory::parse(&listing.stdout);
+        let removed = inventory.prunable(self.config.retain_containers.max(1) as usize);
+        if removed.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = removed.iter().map(|container| container.id.clone()).collect();
+        self.remote().run(host, &app::remove_containers_by_id(&ids)).await?;
+        let images = self.remote().run(host, &commands::prune::list_images(&self.config)).await?;
+        let unused = inventory.unused_images(&images.stdout, &removed);
+        self.remote().run(host, &commands::prune::remove_images(&self.config, &unused)).await?;
+        let text = format!("Pruned {} container(s) and {} image(s)", ids.len(), unused.len());
+        self.remote().report(host, &text, started, true);
+        Ok(())
+    }
+
     /// One boot group: hook, every host in parallel (roles on a host in order, primary first), hook.
-    async fn boot_group(&self, group: &[String], version: &str, booted: &mut Vec<Booted>) -> Result<(), EngineError> {
+    async fn boot_group(
+        &self,
+        group: &[String],
+        version: &str,
+        inventories: &HashMap<String, Inventory>,
+        booted: &mut Vec<Booted>,
+    ) -> Result<(), EngineError> {
         self.cancel().check()?;
         let hosts_var = group.join(",");
         self.run_hook("pre-app-boot", &[("KAMAL_HOSTS", hosts_var.clone())]).await?;
         let results = self
             .stage(&format!("Boot {version}"), group.len(), async {
-                Ok(futures_util::future::join_all(group.iter().map(|host| self.boot_host(host, version))).await)
+                Ok(futures_util::future::join_all(
+                    group
+                        .iter()
+                        .map(|host| self.boot_host(host, version, inventories.get(host).cloned().unwrap_or_default())),
+                )
+                .await)
             })
             .await?;
         let mut failures = Vec::new();
@@ -126,13 +202,18 @@ impl Engine {
     }
 
     /// Boots the selected roles on one host, primary role first; stops at the first failure.
-    async fn boot_host(&self, host: &str, version: &str) -> (Vec<Booted>, Result<(), EngineError>) {
+    async fn boot_host(
+        &self,
+        host: &str,
+        version: &str,
+        inventory: Inventory,
+    ) -> (Vec<Booted>, Result<(), EngineError>) {
         let mut booted = Vec::new();
         for role in self.selection.roles_on(&self.config, host) {
             if let Err(err) = self.cancel().check() {
                 return (booted, Err(err));
             }
-            match self.boot_role(host, role, version).await {
+            match self.boot_role(host, role, version, &inventory).await {
                 Ok(boot) => booted.push(boot),
                 Err((boot, err)) => {
                     booted.extend(boot);
@@ -145,45 +226,31 @@ impl Engine {
 
     /// Starts `version` of `role` on `host` and waits until it is ready (the proxy switched to it, or the
     /// container is healthy). On failure the new container is stopped and its last log lines are reported.
-    async fn boot_role(&self, host: &str, role: &Role, version: &str) -> Result<Booted, (Option<Booted>, EngineError)> {
+    async fn boot_role(
+        &self,
+        host: &str,
+        role: &Role,
+        version: &str,
+        inventory: &Inventory,
+    ) -> Result<Booted, (Option<Booted>, EngineError)> {
         let config = &self.config;
         let remote = self.remote();
         let name = names::container_name(config, &role.name, version);
         let started = Instant::now();
 
-        let previous_version = remote
-            .run(host, &app::current_running_version(config, role))
-            .await
-            .map_err(|err| (None, err))?
-            .stdout
-            .lines()
-            .next()
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .map(str::to_string);
-        let previous_id = match &previous_version {
-            Some(previous) => remote
-                .run(host, &app::container_id_for_version(config, role, previous, true))
-                .await
-                .map_err(|err| (None, err))?
-                .stdout
-                .lines()
-                .next()
-                .map(short_id),
-            None => None,
-        };
+        let prefix = names::container_prefix(config, &role.name);
+        let previous = inventory.running_version(&role.name, &prefix);
+        let previous_version = previous.as_ref().map(|(version, _)| version.clone());
+        let previous_id = previous.as_ref().map(|(_, container)| short_id(&container.id));
+        // Everything of this role that runs now stops once every host passed (the previous version, and any
+        // container an interrupted deploy left running).
+        let stop_ids: Vec<String> = inventory.running(&role.name).map(|container| short_id(&container.id)).collect();
 
         // Same version already there (redeploy, rollback): move it out of the way, as Kamal does.
-        let clash = remote
-            .run(host, &app::container_id_for_version(config, role, version, false))
-            .await
-            .map_err(|err| (None, err))?;
-        if !clash.stdout.trim().is_empty() {
+        let mut run = app::run(config, role, host, version, &random_hex(6));
+        if inventory.named(&name).is_some() {
             let renamed = names::replaced_container_name(config, &role.name, version, &random_hex(8));
-            remote
-                .run(host, &app::rename_container(config, role, version, &renamed))
-                .await
-                .map_err(|err| (None, err))?;
+            run = app::rename_container(config, role, version, &renamed).and(run);
         }
 
         // Asset bridging: the new container mounts a volume holding its assets and the running version's.
@@ -197,7 +264,6 @@ impl Engine {
             remote.run(host, &bridge).await.map_err(|err| (None, err))?;
         }
 
-        let run = app::run(config, role, host, version, &random_hex(6));
         let message = format!("Booted app version {version}");
         let audit = commands::auditor::record(config, &super::now_iso8601(), &self.performer, &[&role.name], &message);
         let output = remote.run(host, &audit.and(run)).await.map_err(|err| (None, err))?;
@@ -209,6 +275,7 @@ impl Engine {
             container_id: container_id.clone(),
             previous_version,
             previous_id,
+            stop_ids: stop_ids.into_iter().filter(|id| *id != container_id).collect(),
             switched: false,
         };
         remote.report(host, &format!("Started {name}"), started, true);
@@ -320,23 +387,6 @@ impl Engine {
         let service = names::container_prefix(&self.config, &role.name);
         let proxy = role.proxy.clone().unwrap_or_default();
         commands::proxy::deploy(&self.config, &service, &proxy, container_id, version, TlsOwner::Role(&role.name))
-    }
-
-    /// Stops every running container of `role` on `host` but `version`'s (the one that was running before, and
-    /// any left behind by an interrupted deploy).
-    async fn stop_other_versions(&self, host: &str, role: &Role, version: &str) -> Result<(), EngineError> {
-        let running = self.remote().run(host, &app::list_versions(&self.config, role, &[])).await?;
-        for other in running.stdout.lines().map(str::trim).filter(|v| !v.is_empty() && *v != version) {
-            let name = names::container_name(&self.config, &role.name, other);
-            self.remote().step(host, &format!("Stopped {name}"), &app::stop(&self.config, role, Some(other))).await?;
-        }
-        if app::asset_path(role, &self.config).is_some() && role.runs_proxy() {
-            self.remote().run(host, &app::clean_up_assets(&self.config, role, version)).await?;
-        }
-        if self.config.error_pages_path.is_some() {
-            self.remote().run(host, &app::clean_up_error_pages(&self.config, version)).await?;
-        }
-        Ok(())
     }
 
     /// Uploads `error_pages_path`'s `4xx.html`/`5xx.html` pages for the proxy (`--error-pages`).

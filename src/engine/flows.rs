@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use super::app::BootOptions;
 use super::output::Event;
 use super::remote::on_hosts;
 use super::{Engine, EngineError};
@@ -25,9 +26,8 @@ impl Engine {
         self.deliver(options).await?;
         self.with_lock(async {
             self.run_hook("pre-deploy", &[]).await?;
-            self.boot_proxy().await?;
-            self.boot_app(&self.config.version).await?;
-            self.prune_all().await
+            // The proxy ensured, app booted and old containers pruned host by host, in the boot's own stages.
+            self.boot_app(&self.config.version, BootOptions { ensure_proxy: true, prune: true }).await
         })
         .await?;
         self.run_hook("post-deploy", &[("KAMAL_RUNTIME", self.elapsed().as_secs().to_string())]).await
@@ -39,7 +39,7 @@ impl Engine {
         self.deliver(options).await?;
         self.with_lock(async {
             self.run_hook("pre-deploy", &[]).await?;
-            self.boot_app(&self.config.version).await
+            self.boot_app(&self.config.version, BootOptions::default()).await
         })
         .await?;
         self.run_hook("post-deploy", &[("KAMAL_RUNTIME", self.elapsed().as_secs().to_string())]).await
@@ -54,8 +54,7 @@ impl Engine {
             self.run_hook("pre-deploy", &[]).await?;
             self.boot_proxy().await?;
             self.boot_accessories(None).await?;
-            self.boot_app(&self.config.version).await?;
-            self.prune_all().await?;
+            self.boot_app(&self.config.version, BootOptions { ensure_proxy: false, prune: true }).await?;
             self.run_hook("post-deploy", &[("KAMAL_RUNTIME", self.elapsed().as_secs().to_string())]).await
         })
         .await
@@ -85,7 +84,7 @@ impl Engine {
                 )));
             }
             self.run_hook("pre-deploy", &[]).await?;
-            self.boot_app(version).await
+            self.boot_app(version, BootOptions::default()).await
         })
         .await?;
         self.run_hook("post-deploy", &[("KAMAL_RUNTIME", self.elapsed().as_secs().to_string())]).await

@@ -79,14 +79,14 @@ impl Engine {
                 message.to_string()
             },
         };
-        self.remote().run(&host, &lock::ensure_run_directory()).await?;
         let started = Instant::now();
         let deadline = self.options.lock_wait.map(|(timeout, _)| Instant::now() + timeout);
         let interval = self.options.lock_wait.map(|(_, interval)| interval).unwrap_or(Duration::from_secs(15));
         let mut cleared_stale = false;
         loop {
             self.cancel().check()?;
-            let output = self.remote().run_unchecked(&host, &lock::acquire(config, &details)).await?;
+            let acquire = lock::ensure_run_directory().and(lock::acquire(config, &details));
+            let output = self.remote().run_unchecked(&host, &acquire).await?;
             if output.exit_status == 0 {
                 self.set_holding_lock(true);
                 self.remote().report(&host, "Acquired the deploy lock", started, true);

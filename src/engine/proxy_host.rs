@@ -26,48 +26,61 @@ impl Engine {
         proxy::run_config_for_host(&self.config, host).unwrap_or_default()
     }
 
+    /// Where the proxy image comes from (berth's own is read from the binary once, when first needed).
+    fn proxy_image_source(&self) -> Result<ImageSource, EngineError> {
+        if let Some(image) = self.configured_proxy_image() {
+            return Ok(ImageSource::Registry(image));
+        }
+        if let Some(image) = self.proxy_image.get() {
+            return Ok(ImageSource::Berth(image.clone()));
+        }
+        let image = ProxyImage::from_current_exe().map_err(|source| EngineError::Local {
+            what: "reading the berth binary for the proxy image".into(),
+            source,
+        })?;
+        Ok(ImageSource::Berth(self.proxy_image.get_or_init(|| std::sync::Arc::new(image)).clone()))
+    }
+
     /// `proxy boot`: the `kamal` network on every selected host; on proxy hosts, start the proxy container
     /// (importing berth's proxy image if needed). A running proxy is left as it is.
     pub async fn boot_proxy(&self) -> Result<(), EngineError> {
         let hosts = self.selection.hosts.clone();
         let proxy_hosts = self.proxy_hosts();
-        let image = match self.configured_proxy_image() {
-            Some(image) => ImageSource::Registry(image),
-            None => ImageSource::Berth(std::sync::Arc::new(ProxyImage::from_current_exe().map_err(|source| {
-                EngineError::Local { what: "reading the berth binary for the proxy image".into(), source }
-            })?)),
-        };
         self.stage("Ensure the proxy", proxy_hosts.len(), async {
             on_hosts(&hosts, |host| {
-                let image = image.clone();
                 let proxied = proxy_hosts.contains(&host);
-                async move {
-                    let started = Instant::now();
-                    self.remote().run(&host, &proxy::ensure_network()).await?;
-                    if !proxied {
-                        return Ok(());
-                    }
-                    let state = self.remote().run_unchecked(&host, &container_state()).await?;
-                    let state = state.stdout.trim();
-                    if state == "running" {
-                        self.remote().report(&host, "Proxy already running", started, true);
-                        return Ok(());
-                    }
-                    if !state.is_empty() {
-                        self.remote().run(&host, &proxy::start()).await?;
-                        self.remote().report(&host, "Started the proxy", started, true);
-                        return Ok(());
-                    }
-                    let image_name = self.ensure_proxy_image(&host, &image).await?;
-                    self.remote().run(&host, &proxy::ensure_apps_config_directory()).await?;
-                    self.remote().run(&host, &proxy::run(&self.proxy_run(&host), &image_name)).await?;
-                    self.remote().report(&host, &format!("Booted the proxy ({image_name})"), started, true);
-                    Ok(())
-                }
+                async move { self.ensure_proxy_on(&host, proxied).await }
             })
             .await
         })
         .await?;
+        Ok(())
+    }
+
+    /// On one host: the `kamal` network, and on a proxy host a running proxy. One `docker` call when the proxy
+    /// runs already (then its network exists too).
+    pub(crate) async fn ensure_proxy_on(&self, host: &str, proxied: bool) -> Result<(), EngineError> {
+        let started = Instant::now();
+        if !proxied {
+            self.remote().run(host, &proxy::ensure_network()).await?;
+            return Ok(());
+        }
+        let state = self.remote().run_unchecked(host, &container_state()).await?;
+        let state = state.stdout.trim();
+        if state == "running" {
+            self.remote().report(host, "Proxy already running", started, true);
+            return Ok(());
+        }
+        self.remote().run(host, &proxy::ensure_network()).await?;
+        if !state.is_empty() {
+            self.remote().run(host, &proxy::start()).await?;
+            self.remote().report(host, "Started the proxy", started, true);
+            return Ok(());
+        }
+        let image_name = self.ensure_proxy_image(host, &self.proxy_image_source()?).await?;
+        let run = proxy::ensure_apps_config_directory().and(proxy::run(&self.proxy_run(host), &image_name));
+        self.remote().run(host, &run).await?;
+        self.remote().report(host, &format!("Booted the proxy ({image_name})"), started, true);
         Ok(())
     }
 
@@ -122,12 +135,7 @@ impl Engine {
     /// the proxy's state volume). `rolling`: one host at a time.
     pub async fn reboot_proxy(&self, rolling: bool) -> Result<(), EngineError> {
         let hosts = self.proxy_hosts();
-        let image = match self.configured_proxy_image() {
-            Some(image) => ImageSource::Registry(image),
-            None => ImageSource::Berth(std::sync::Arc::new(ProxyImage::from_current_exe().map_err(|source| {
-                EngineError::Local { what: "reading the berth binary for the proxy image".into(), source }
-            })?)),
-        };
+        let image = self.proxy_image_source()?;
         let groups: Vec<Vec<String>> =
             if rolling { hosts.iter().map(|h| vec![h.clone()]).collect() } else { vec![hosts.clone()] };
         for group in groups {
@@ -159,7 +167,7 @@ impl Engine {
 
 /// Where the proxy image comes from.
 #[derive(Clone)]
-enum ImageSource {
+pub(crate) enum ImageSource {
     /// Pulled from a registry (`proxy.run.registry/repository/version`).
     Registry(String),
     /// berth's own, imported from the running binary.

@@ -1,0 +1,129 @@
+//! What a host runs of the app, from one `docker ps --all` (`commands::app::inventory`): the running version of
+//! each role, a same-named container in the way, what a deploy stops and what prune removes — decided here, in
+//! pure code, instead of one `docker` call per question as Kamal's shell pipelines do.
+
+use std::collections::BTreeSet;
+
+/// One container of the app on a host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Container {
+    pub name: String,
+    pub id: String,
+    /// `running`, `restarting`, `exited`, `created`, `dead`, `paused`.
+    pub state: String,
+    /// The image reference it was created from (`registry/app:v7`).
+    pub image: String,
+    pub role: String,
+}
+
+impl Container {
+    pub fn is_running(&self) -> bool {
+        matches!(self.state.as_str(), "running" | "restarting")
+    }
+
+    fn is_prunable(&self) -> bool {
+        matches!(self.state.as_str(), "created" | "exited" | "dead")
+    }
+}
+
+/// The app's containers on one host, newest first (docker's order).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Inventory {
+    pub containers: Vec<Container>,
+}
+
+impl Inventory {
+    /// Reads `commands::app::INVENTORY_FORMAT` lines.
+    pub fn parse(text: &str) -> Inventory {
+        let containers = text
+            .lines()
+            .filter_map(|line| {
+                let mut fields = line.split('\t');
+                Some(Container {
+                    name: fields.next()?.trim().to_string(),
+                    id: fields.next()?.trim().to_string(),
+                    state: fields.next()?.trim().to_string(),
+                    image: fields.next()?.trim().to_string(),
+                    role: fields.next().unwrap_or_default().trim().to_string(),
+                })
+            })
+            .filter(|container| !container.name.is_empty())
+            .collect();
+        Inventory { containers }
+    }
+
+    /// Running containers of `role`, newest first.
+    pub fn running<'a>(&'a self, role: &'a str) -> impl Iterator<Item = &'a Container> + 'a {
+        self.containers.iter().filter(move |container| container.role == role && container.is_running())
+    }
+
+    /// The version `role` runs (the newest running container's name without `prefix-`) and that container.
+    pub fn running_version<'a>(&'a self, role: &'a str, prefix: &str) -> Option<(String, &'a Container)> {
+        let container = self.running(role).next()?;
+        let version = container.name.strip_prefix(prefix)?.strip_prefix('-')?;
+        Some((version.to_string(), container))
+    }
+
+    pub fn named(&self, name: &str) -> Option<&Container> {
+        self.containers.iter().find(|container| container.name == name)
+    }
+
+    /// Stopped containers beyond the newest `retain` (Kamal's `prune containers`: service-wide, all roles).
+    pub fn prunable(&self, retain: usize) -> Vec<&Container> {
+        self.containers.iter().filter(|container| container.is_prunable()).skip(retain).collect()
+    }
+
+    /// Image references (`repo:tag` lines of `commands::prune::IMAGE_FORMAT`) that no container left after
+    /// `removed` uses, keeping `latest` tags and untagged images (those go with the dangling prune).
+    pub fn unused_images(&self, image_list: &str, removed: &[&Container]) -> Vec<String> {
+        let removed: BTreeSet<&str> = removed.iter().map(|container| container.id.as_str()).collect();
+        let in_use: BTreeSet<&str> = self
+            .containers
+            .iter()
+            .filter(|container| !removed.contains(container.id.as_str()))
+            .map(|container| container.image.as_str())
+            .collect();
+        image_list
+            .lines()
+            .filter_map(|line| line.split_whitespace().nth(1))
+            .filter(|reference| {
+                let tag = reference.rsplit_once(':').map(|(_, tag)| tag).unwrap_or_default();
+                tag != "<none>" && tag != "latest" && !tag.starts_with("latest-") && !in_use.contains(reference)
+            })
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LISTING: &str = "app-web-v3\tc3\trunning\tr/app:v3\tweb\n\
+        app-workers-v3\tw3\trunning\tr/app:v3\tworkers\n\
+        app-web-v2\tc2\texited\tr/app:v2\tweb\n\
+        app-web-v1_replaced_ab12\tc1r\texited\tr/app:v1\tweb\n\
+        app-web-v1\tc1\texited\tr/app:v1\tweb\n\
+        app-web-api-v9\tx9\trunning\tr/app:v9\tweb-api\n";
+
+    #[test]
+    fn the_running_version_is_the_newest_running_container_of_the_role() {
+        let inventory = Inventory::parse(LISTING);
+        let (version, container) = inventory.running_version("web", "app-web").unwrap();
+        assert_eq!((version.as_str(), container.id.as_str()), ("v3", "c3"));
+        assert_eq!(inventory.running_version("web-api", "app-web-api").unwrap().0, "v9", "roles apart by label");
+        assert_eq!(inventory.running_version("db", "app-db"), None);
+        assert!(inventory.named("app-web-v2").is_some());
+    }
+
+    #[test]
+    fn prune_keeps_the_newest_stopped_containers_and_images_still_used() {
+        let inventory = Inventory::parse(LISTING);
+        let prunable: Vec<&str> = inventory.prunable(1).iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(prunable, ["c1r", "c1"]);
+        let images = "i3 r/app:v3\ni2 r/app:v2\ni1 r/app:v1\ni0 r/app:v0\nil r/app:latest\nin r/app:<none>\n";
+        let removed = inventory.prunable(1);
+        assert_eq!(inventory.unused_images(images, &removed), ["r/app:v1", "r/app:v0"]);
+        assert_eq!(inventory.unused_images(images, &[]), ["r/app:v0"]);
+    }
+}
