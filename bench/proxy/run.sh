@@ -107,8 +107,15 @@ for _ in $(seq 1 100); do [[ -S $KAMAL_PROXY_SOCKET ]] && break; sleep 0.05; don
 wait_port $berth_port
 [[ $(curl -fsS "http://127.0.0.1:$berth_port/") == "$body" ]] || { echo "berth proxy answers wrongly" >&2; exit 1; }
 
-run_wrk() { # name port -> "rps p50_ms p99_ms"
-    local out
+nginx_worker=$(pgrep -P "$nginx_master" | head -1)
+
+run_wrk() { # name port [pid to measure] -> "rps p50_ms p99_ms cpu_us_per_request"
+    local out stat=$work/stat-$1.txt cpu="-" perf_pid=""
+    if [[ -n ${3:-} ]] && command -v perf >/dev/null; then
+        # CPU time per request of the proxy process: unlike req/s, hardly moved by other load on the machine.
+        perf stat -e task-clock -x, -o "$stat" -p "$3" -- sleep "$duration" 2>/dev/null &
+        perf_pid=$!
+    fi
     out=$(taskset -c 0 wrk -t1 -c"$connections" -d"${duration}s" --latency "http://127.0.0.1:$2/")
     echo "$out" >>"$work/wrk-$1.txt"
     local rps p50 p99 errors
@@ -116,7 +123,11 @@ run_wrk() { # name port -> "rps p50_ms p99_ms"
     p50=$(awk '$1=="50%" {print $2}' <<<"$out")
     p99=$(awk '$1=="99%" {print $2}' <<<"$out")
     errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
-    echo "$rps $(to_ms "$p50") $(to_ms "$p99") ${errors:-}"
+    if [[ -n $perf_pid ]]; then
+        wait "$perf_pid" || true
+        cpu=$(awk -F, -v rps="$rps" -v d="$duration" '/task-clock/ {printf "%.2f", $1 * 1000 / (rps * d)}' "$stat")
+    fi
+    echo "$rps $(to_ms "$p50") $(to_ms "$p99") ${cpu:--} ${errors:-}"
 }
 to_ms() { # wrk prints 512.00us / 1.23ms / 1.01s
     awk -v v="$1" 'BEGIN {
@@ -128,7 +139,7 @@ to_ms() { # wrk prints 512.00us / 1.23ms / 1.01s
 
 echo "wrk -t1 -c$connections -d${duration}s, $rounds rounds; wrk on CPU 0, proxy + backend on CPU 1"
 echo "load average before the run: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine skews every setup; compare within a round)"
-printf '%-8s %-6s %12s %10s %10s  %s\n' round setup req/s p50_ms p99_ms notes
+printf '%-8s %-6s %12s %10s %10s %10s  %s\n' round setup req/s p50_ms p99_ms cpu_us/req notes
 declare -A all
 ratios=""
 for round in $(seq 1 "$rounds"); do
@@ -138,11 +149,16 @@ for round in $(seq 1 "$rounds"); do
     for setup in $order; do
         name=${setup%%:*}
         port=${setup##*:}
-        result=$(run_wrk "$name" "$port")
+        case $name in
+            nginx) measured=$nginx_worker ;;
+            berth) measured=$berth_pid ;;
+            *) measured="" ;;
+        esac
+        result=$(run_wrk "$name" "$port" "$measured")
         all[$name]+="$result"$'\n'
         this_round[$name]=${result%% *}
         # shellcheck disable=SC2086
-        printf '%-8s %-6s %12s %10s %10s  %s\n' "$round" "$name" $result
+        printf '%-8s %-6s %12s %10s %10s %10s  %s\n' "$round" "$name" $result
     done
     ratios+="$(awk -v b="${this_round[berth]}" -v n="${this_round[nginx]}" 'BEGIN {printf "%.3f", b / n}')"$'\n'
 done
@@ -154,14 +170,14 @@ for name in direct nginx berth; do
     rps=$(awk 'NF {print $1}' <<<"${all[$name]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
     p50=$(awk 'NF {print $2}' <<<"${all[$name]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
     p99=$(awk 'NF {print $3}' <<<"${all[$name]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-    printf '%-6s %12s req/s  p50 %s ms  p99 %s ms\n' "$name" "$rps" "$p50" "$p99"
+    cpu=$(awk 'NF && $4 != "-" {print $4}' <<<"${all[$name]}" | sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print "-"}')
+    printf '%-6s %12s req/s  p50 %s ms  p99 %s ms  CPU %s us/request\n' "$name" "$rps" "$p50" "$p99" "$cpu"
 done
 echo "berth/nginx throughput per round: $(tr '\n' ' ' <<<"$ratios")"
 echo "median berth/nginx: $(awk 'NF' <<<"$ratios" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')"
 
 # Memory: RSS growth of the proxy process (nginx: its worker) with 1,000 idle keep-alive connections,
 # each having made one request.
-nginx_worker=$(pgrep -P "$nginx_master" | head -1)
 idle_rss() { # pid port -> KB of growth
     python3 "$repo/bench/proxy/idle_connections.py" "$1" "$2" 1000
 }
