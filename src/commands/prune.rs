@@ -30,19 +30,9 @@ pub fn tagged_images(config: &Config) -> Cmd {
         .pipe(Cmd::raw_script("while read image tag; do docker rmi $tag; done"))
 }
 
-/// The `docker image ls` template of [`list_images`]: `<id> <repository>:<tag>`.
-pub const IMAGE_FORMAT: &str = "{{.ID}} {{.Repository}}:{{.Tag}}";
-
-/// The service's images, one per line in [`IMAGE_FORMAT`] (for the engine to pick the unused ones).
-pub fn list_images(config: &Config) -> Cmd {
-    docker().args(["image", "ls", "--filter"]).arg(service_filter(config)).args(["--format", IMAGE_FORMAT])
-}
-
-/// `docker rmi <references…>` then the dangling images: what [`tagged_images`] and [`dangling_images`] do,
-/// for references the engine found unused.
-pub fn remove_images(config: &Config, references: &[String]) -> Cmd {
-    let dangling = dangling_images(config);
-    if references.is_empty() { dangling } else { docker().arg("rmi").args(references).and(dangling) }
+/// `docker rmi <references…>`.
+pub fn remove_image_references(references: &[String]) -> Cmd {
+    docker().arg("rmi").args(references)
 }
 
 /// Removes this app's (and destination's) stopped containers except the newest `retain`.

@@ -104,6 +104,7 @@ impl Engine {
         self.stage("Finish", hosts.len(), async {
             on_hosts(&hosts, |host| {
                 let booted = &booted;
+                let inventories = &inventories;
                 async move {
                     let started = Instant::now();
                     let mut finish = app::tag_latest_image(&self.config, version);
@@ -132,7 +133,12 @@ impl Engine {
                     };
                     self.remote().report(&host, &what, started, true);
                     if options.prune {
-                        self.prune_after_deploy(&host).await?;
+                        let mut stopped_ids = Vec::new();
+                        for boot in booted.iter().filter(|boot| boot.host == host) {
+                            stopped_ids.extend(boot.stop_ids.iter().cloned());
+                        }
+                        let after = inventories.get(&host).cloned().unwrap_or_default().after_stopping(&stopped_ids);
+                        self.prune_after_deploy(&host, &after, version).await?;
                     }
                     Ok(())
                 }
@@ -143,22 +149,28 @@ impl Engine {
         Ok(())
     }
 
-    /// Kamal's `prune all` for one host, decided from one listing: stopped containers beyond
-    /// `retain_containers`, then the images no remaining container uses (only when containers went).
-    async fn prune_after_deploy(&self, host: &str) -> Result<(), EngineError> {
+    /// Kamal's `prune all` for one host, decided from what the host ran before the deploy and what the deploy
+    /// stopped (no listing): stopped containers beyond `retain_containers`, and the images only they used.
+    /// Best effort: a prune that fails is a warning, not a failed deploy.
+    async fn prune_after_deploy(&self, host: &str, inventory: &Inventory, version: &str) -> Result<(), EngineError> {
         let started = Instant::now();
-        let listing = self.remote().run(host, &app::inventory(&self.config)).await?;
-        let inventory = Inventory::parse(&listing.stdout);
         let removed = inventory.prunable(self.config.retain_containers.max(1) as usize);
         if removed.is_empty() {
             return Ok(());
         }
         let ids: Vec<String> = removed.iter().map(|container| container.id.clone()).collect();
-        self.remote().run(host, &app::remove_containers_by_id(&ids)).await?;
-        let images = self.remote().run(host, &commands::prune::list_images(&self.config)).await?;
-        let unused = inventory.unused_images(&images.stdout, &removed);
-        self.remote().run(host, &commands::prune::remove_images(&self.config, &unused)).await?;
-        let text = format!("Pruned {} container(s) and {} image(s)", ids.len(), unused.len());
+        let images = inventory.images_freed_by(&removed, &names::image(&self.config, version));
+        let mut prune = app::remove_containers_by_id(&ids);
+        if !images.is_empty() {
+            prune = prune.and(commands::prune::remove_image_references(&images));
+        }
+        let output = self.remote().run_unchecked(host, &prune).await?;
+        if output.exit_status != 0 {
+            let why = output.stderr.trim();
+            self.sink().emit(super::output::Event::Warning(format!("{host}: pruning failed: {why}")));
+            return Ok(());
+        }
+        let text = format!("Pruned {} container(s) and {} image(s)", ids.len(), images.len());
         self.remote().report(host, &text, started, true);
         Ok(())
     }

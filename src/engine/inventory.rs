@@ -73,25 +73,37 @@ impl Inventory {
         self.containers.iter().filter(|container| container.is_prunable()).skip(retain).collect()
     }
 
-    /// Image references (`repo:tag` lines of `commands::prune::IMAGE_FORMAT`) that no container left after
-    /// `removed` uses, keeping `latest` tags and untagged images (those go with the dangling prune).
-    pub fn unused_images(&self, image_list: &str, removed: &[&Container]) -> Vec<String> {
-        let removed: BTreeSet<&str> = removed.iter().map(|container| container.id.as_str()).collect();
-        let in_use: BTreeSet<&str> = self
+    /// The same host after `ids` were stopped.
+    pub fn after_stopping(&self, ids: &[String]) -> Inventory {
+        let mut after = self.clone();
+        for container in &mut after.containers {
+            if ids.iter().any(|id| container.id.starts_with(id.as_str()) || id.starts_with(container.id.as_str())) {
+                container.state = "exited".to_string();
+            }
+        }
+        after
+    }
+
+    /// Images only the `removed` containers used: none of the others, nor `keep` (the image just deployed),
+    /// and never a `latest` tag. What a prune can remove without listing the images.
+    pub fn images_freed_by(&self, removed: &[&Container], keep: &str) -> Vec<String> {
+        let removed_ids: BTreeSet<&str> = removed.iter().map(|container| container.id.as_str()).collect();
+        let still_used: BTreeSet<&str> = self
             .containers
             .iter()
-            .filter(|container| !removed.contains(container.id.as_str()))
+            .filter(|container| !removed_ids.contains(container.id.as_str()))
             .map(|container| container.image.as_str())
+            .chain([keep])
             .collect();
-        image_list
-            .lines()
-            .filter_map(|line| line.split_whitespace().nth(1))
-            .filter(|reference| {
-                let tag = reference.rsplit_once(':').map(|(_, tag)| tag).unwrap_or_default();
-                tag != "<none>" && tag != "latest" && !tag.starts_with("latest-") && !in_use.contains(reference)
-            })
-            .map(str::to_string)
-            .collect()
+        let mut freed: Vec<String> = Vec::new();
+        for container in removed {
+            let tag = container.image.rsplit_once(':').map(|(_, tag)| tag).unwrap_or_default();
+            let latest = tag == "latest" || tag.starts_with("latest-");
+            if !latest && !still_used.contains(container.image.as_str()) && !freed.contains(&container.image) {
+                freed.push(container.image.clone());
+            }
+        }
+        freed
     }
 }
 
@@ -121,9 +133,15 @@ mod tests {
         let inventory = Inventory::parse(LISTING);
         let prunable: Vec<&str> = inventory.prunable(1).iter().map(|c| c.id.as_str()).collect();
         assert_eq!(prunable, ["c1r", "c1"]);
-        let images = "i3 r/app:v3\ni2 r/app:v2\ni1 r/app:v1\ni0 r/app:v0\nil r/app:latest\nin r/app:<none>\n";
         let removed = inventory.prunable(1);
-        assert_eq!(inventory.unused_images(images, &removed), ["r/app:v1", "r/app:v0"]);
-        assert_eq!(inventory.unused_images(images, &[]), ["r/app:v0"]);
+        assert_eq!(inventory.images_freed_by(&removed, "r/app:v4"), ["r/app:v1"]);
+        assert!(inventory.images_freed_by(&removed, "r/app:v1").is_empty(), "the deployed image stays");
+    }
+
+    #[test]
+    fn stopping_makes_containers_prunable() {
+        let inventory = Inventory::parse(LISTING).after_stopping(&["c3".to_string()]);
+        let prunable: Vec<&str> = inventory.prunable(2).iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(prunable, ["c1r", "c1"], "c3 and c2 are the newest stopped ones now");
     }
 }
