@@ -351,34 +351,5 @@ pub fn performer(env: &Environment) -> String {
 
 /// UTC now as `2026-11-26T15:40:17Z`.
 pub fn now_iso8601() -> String {
-    let seconds = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    iso8601(seconds)
-}
-
-/// Seconds since the epoch as an ISO 8601 UTC timestamp (civil-from-days, no time-zone database needed).
-pub fn iso8601(seconds: u64) -> String {
-    let days = (seconds / 86_400) as i64;
-    let rem = seconds % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn iso8601_is_utc_civil_time() {
-        assert_eq!(iso8601(0), "1970-01-01T00:00:00Z");
-        assert_eq!(iso8601(1_795_794_017), "2026-11-27T15:40:17Z");
-        assert_eq!(iso8601(951_782_400), "2000-02-29T00:00:00Z");
-    }
+    crate::utc::now_seconds()
 }

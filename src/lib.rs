@@ -10,6 +10,7 @@
 //! - [`ssh`]: the SSH executor (one multiplexed connection per host, host keys verified).
 //! - [`proxy`]: the reverse proxy that runs on each host (`berth proxy run`) and its control commands.
 //! - [`engine`]: runs Kamal's commands against hosts: deploy flow, lock, hooks, host selection, events.
+//! - [`utc`]: UTC timestamps (logs, locks, audit lines) without a time-zone database.
 //! - [`cli`]: the command line; the only module that prints.
 
 pub mod cli;
@@ -22,3 +23,4 @@ pub mod project;
 pub mod proxy;
 pub mod secrets;
 pub mod ssh;
+pub mod utc;
