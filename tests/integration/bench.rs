@@ -6,8 +6,15 @@ use std::time::Duration;
 
 use crate::support::bench::{self, Bench};
 
+/// Nothing of the bench remains. A process killed by the teardown can take a moment to be reaped by its
+/// parent (it shows with an empty command line until then), so this waits for the condition, up to 10 s.
 fn assert_nothing_left(name: &str) {
-    let left = bench::leftovers(name);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut left = bench::leftovers(name);
+    while !left.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        left = bench::leftovers(name);
+    }
     assert!(left.is_empty(), "bench {name} left things behind:\n{}", left.join("\n"));
 }
 

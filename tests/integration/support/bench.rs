@@ -512,7 +512,14 @@ pub fn leftovers(name: &str) -> Vec<String> {
             let in_cgroup =
                 std::fs::read_to_string(p.path().join("cgroup")).is_ok_and(|c| c.contains(&format!("/berth-{name}-h")));
             if in_cgroup || markers.iter().any(|m| cmdline.contains(m.as_str())) {
-                left.push(format!("process {pid}: {}", cmdline.trim()));
+                // The state (Z: exited, not yet reaped) tells a leak from a process on its way out.
+                let state = std::fs::read_to_string(p.path().join("stat"))
+                    .ok()
+                    .and_then(|stat| {
+                        stat.rsplit_once(") ").and_then(|(_, rest)| rest.split(' ').next().map(str::to_string))
+                    })
+                    .unwrap_or_default();
+                left.push(format!("process {pid} (state {state}): {}", cmdline.trim()));
             }
         }
     }
