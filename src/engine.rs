@@ -15,6 +15,7 @@ pub mod output;
 pub mod proxy_host;
 pub mod proxy_image;
 pub mod remote;
+pub mod remote_build;
 pub mod selection;
 
 use std::collections::BTreeMap;

@@ -123,7 +123,13 @@ pub fn cache_options(config: &Config) -> Option<(String, String)> {
 
 /// The build options shared by every builder: cache, `--label service=…`, build args, secrets, `--file`,
 /// `--target`, `--ssh`, `--provenance`, `--sbom`.
-pub fn with_build_options(mut cmd: Cmd, config: &Config) -> Cmd {
+pub fn with_build_options(cmd: Cmd, config: &Config) -> Cmd {
+    with_build_options_and_secrets_from(cmd, config, None)
+}
+
+/// [`with_build_options`], with each build secret read from the file `<secrets_dir>/<NAME>` instead of the
+/// build process's environment (a remote builder, where berth writes them over SSH).
+fn with_build_options_and_secrets_from(mut cmd: Cmd, config: &Config, secrets_dir: Option<&str>) -> Cmd {
     let builder = &config.builder;
     if let Some((to, from)) = cache_options(config) {
         cmd = cmd.arg("--cache-to").arg(to).arg("--cache-from").arg(from);
@@ -131,7 +137,12 @@ pub fn with_build_options(mut cmd: Cmd, config: &Config) -> Cmd {
     cmd = with_key_values(cmd, "--label", [("service", config.service.as_str())]);
     let args: Vec<(String, String)> = builder.args.iter().map(|(k, v)| (scalar_text(k), scalar_text(v))).collect();
     cmd = with_key_values(cmd, "--build-arg", args.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    cmd = with_key_values(cmd, "--secret", builder.secrets.iter().map(|name| ("id", name.as_str())));
+    cmd = match secrets_dir {
+        None => with_key_values(cmd, "--secret", builder.secrets.iter().map(|name| ("id", name.as_str()))),
+        Some(dir) => {
+            builder.secrets.iter().fold(cmd, |cmd, name| cmd.arg("--secret").arg(format!("id={name},src={dir}/{name}")))
+        }
+    };
     cmd = cmd.arg("--file").arg(&builder.dockerfile);
     if let Some(target) = builder.target.as_deref().filter(|t| !t.is_empty()) {
         cmd = cmd.arg("--target").arg(target);
@@ -243,6 +254,84 @@ pub fn classic_build_from_git_archive(
 /// `docker push <image:version> && docker push <image:latest>`.
 pub fn push_tags(config: &Config, version: &str) -> Cmd {
     docker().arg("push").arg(names::image(config, version)).and(docker().arg("push").arg(names::latest_image(config)))
+}
+
+/// Where `builder.remote` is reached over SSH: `ssh://[user@]host[:port]` (`host` keeps its `:port`, as hosts
+/// are written in `servers`). `None` for other endpoints (`tcp://…`), which only a local buildx can use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SshBuilderAddress {
+    /// The login user from the URL; without one, `ssh.user` applies.
+    pub user: Option<String>,
+    pub host: String,
+}
+
+pub fn ssh_builder_address(remote: &str) -> Option<SshBuilderAddress> {
+    let rest = remote.trim().strip_prefix("ssh://")?.trim_end_matches('/');
+    let (user, host) = match rest.rsplit_once('@') {
+        Some((user, host)) => (Some(user.to_string()).filter(|u| !u.is_empty()), host),
+        None => (None, rest),
+    };
+    (!host.is_empty()).then(|| SshBuilderAddress { user, host: host.to_string() })
+}
+
+/// On a remote builder: its engine's architecture, then `buildx` or `classic` (whether the buildx plugin is
+/// there), one per line.
+pub fn remote_builder_probe() -> Cmd {
+    docker()
+        .args(["version", "--format", "{{.Server.Arch}}"])
+        .and(Cmd::raw_script("{ docker buildx version >/dev/null 2>&1 && echo buildx || echo classic; }"))
+}
+
+/// How a remote builder builds, from what [`remote_builder_probe`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RemoteBuild {
+    /// Docker's classic builder: the builder's own architecture, no build secrets or cache export.
+    Classic,
+    /// buildx: `platforms` when more than the builder's own architecture is wanted (then `builder` names a
+    /// docker-container builder, see [`remote_multiarch_builder`]); build secrets read from `secrets_dir`.
+    Buildx { platforms: Option<String>, builder: Option<String>, secrets_dir: Option<String> },
+}
+
+/// The buildx builder a remote builder uses for several architectures.
+pub const REMOTE_MULTIARCH_BUILDER: &str = "berth-multiarch-docker-container";
+
+/// `docker buildx inspect B >/dev/null 2>&1 || docker buildx create --name B --driver=docker-container`.
+pub fn remote_multiarch_builder() -> Cmd {
+    docker().args(["buildx", "inspect", REMOTE_MULTIARCH_BUILDER]).raw(">/dev/null 2>&1").or(docker().args([
+        "buildx",
+        "create",
+        "--name",
+        REMOTE_MULTIARCH_BUILDER,
+        "--driver=docker-container",
+    ]))
+}
+
+/// `--platform` for `arches`, e.g. `linux/amd64,linux/arm64`.
+pub fn platforms(arches: &[String]) -> Option<String> {
+    platform(arches)
+}
+
+/// On a remote builder, with the build context as a tar on stdin: build `image:version` and `image:latest`
+/// and push both (buildx: in one step; classic: `docker build` then `docker push`).
+pub fn remote_build_push(config: &Config, version: &str, no_cache: bool, how: &RemoteBuild) -> Cmd {
+    match how {
+        RemoteBuild::Classic => classic_build(config, version, no_cache, "-").and(push_tags(config, version)),
+        RemoteBuild::Buildx { platforms, builder, secrets_dir } => {
+            let mut cmd = docker().args(["buildx", "build", "--output=type=registry"]);
+            if let Some(platforms) = platforms {
+                cmd = cmd.arg("--platform").arg(platforms);
+            }
+            if let Some(builder) = builder {
+                cmd = cmd.arg("--builder").arg(builder);
+            }
+            cmd = cmd.arg("-t").arg(names::image(config, version)).arg("-t").arg(names::latest_image(config));
+            cmd = with_build_options_and_secrets_from(cmd, config, secrets_dir.as_deref());
+            if no_cache {
+                cmd = cmd.arg("--no-cache");
+            }
+            cmd.arg("-").raw("2>&1")
+        }
+    }
 }
 
 /// `docker --version && docker buildx version`: the deployer can build.
@@ -394,6 +483,60 @@ mod tests {
         let config = builder_config("  arch: arm64\n  remote: ssh://app@host\n", REGISTRY);
         assert_eq!(kind(&config, "amd64"), BuilderKind::Remote);
         assert_eq!(kind(&config, "arm64"), BuilderKind::Local);
+    }
+
+    #[test]
+    fn ssh_builder_addresses() {
+        let address = |text: &str| ssh_builder_address(text);
+        assert_eq!(
+            address("ssh://app@127.0.0.1"),
+            Some(SshBuilderAddress { user: Some("app".into()), host: "127.0.0.1".into() })
+        );
+        assert_eq!(
+            address("ssh://builder.example.com:2222/"),
+            Some(SshBuilderAddress { user: None, host: "builder.example.com:2222".into() })
+        );
+        assert_eq!(
+            address("ssh://docker@[2001:db8::1]:22"),
+            Some(SshBuilderAddress { user: Some("docker".into()), host: "[2001:db8::1]:22".into() })
+        );
+        assert_eq!(address("tcp://10.0.0.1:2375"), None);
+        assert_eq!(address("ssh://"), None);
+    }
+
+    #[test]
+    fn remote_builds_read_the_context_from_stdin() {
+        let config = builder_config(
+            "  arch: amd64
+  remote: ssh://app@host
+  local: false
+  secrets: [token]
+  args:
+    a: 1
+",
+            REGISTRY,
+        );
+        assert_eq!(
+            remote_builder_probe().script(),
+            "docker version --format '{{.Server.Arch}}' && { docker buildx version >/dev/null 2>&1 && echo buildx || echo classic; }"
+        );
+        assert_eq!(
+            remote_build_push(&config, "123", false, &RemoteBuild::Classic).script(),
+            "DOCKER_BUILDKIT=0 docker build --quiet -t dhh/app:123 -t dhh/app:latest --label service=\"app\" --build-arg a=\"1\" --secret id=\"token\" --file Dockerfile - && docker push dhh/app:123 && docker push dhh/app:latest"
+        );
+        let buildx = RemoteBuild::Buildx {
+            platforms: Some(platforms(&["amd64".into(), "arm64".into()]).unwrap()),
+            builder: Some(REMOTE_MULTIARCH_BUILDER.into()),
+            secrets_dir: Some("/tmp/berth-build-secrets-ab12".into()),
+        };
+        assert_eq!(
+            remote_build_push(&config, "123", true, &buildx).script(),
+            "docker buildx build --output=type=registry --platform linux/amd64,linux/arm64 --builder berth-multiarch-docker-container -t dhh/app:123 -t dhh/app:latest --label service=\"app\" --build-arg a=\"1\" --secret id=token,src=/tmp/berth-build-secrets-ab12/token --file Dockerfile --no-cache - 2>&1"
+        );
+        assert_eq!(
+            remote_multiarch_builder().script(),
+            "docker buildx inspect berth-multiarch-docker-container >/dev/null 2>&1 || docker buildx create --name berth-multiarch-docker-container --driver=docker-container"
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `build push`: the app image built on the deployer with the local `docker`, from the committed tree
+//! `build push`: the app image built on the deployer with the local `docker` (or on `builder.remote`, see
+//! [`super::remote_build`]), from the committed tree
 //! (`git archive HEAD` streamed into `docker build -`, so uncommitted files never leak into an image) or from
 //! `builder.context`, then pushed to the registry.
 
@@ -16,18 +17,19 @@ impl Engine {
     pub async fn build_push(&self, options: DeployOptions) -> Result<(), EngineError> {
         let config = &self.config;
         let builder = &config.builder;
-        if builder.remote.is_some() && !builder.local {
-            return Err(EngineError::Refused(format!(
-                "builder.remote ({}) is not supported by berth yet: build and push the image in CI, then deploy with --skip-push",
-                builder.remote.as_deref().unwrap_or_default()
-            )));
-        }
         let local_arch = match std::env::consts::ARCH {
             "x86_64" => "amd64",
             "aarch64" => "arm64",
             other => other,
         };
         self.run_hook("pre-build", &[]).await?;
+        // Every arch on an `ssh://` remote builder: berth drives it over its own SSH connection. A hybrid build
+        // (some arches here, some there) needs one buildx builder with both nodes: Kamal's way, below.
+        if commands::builder::kind(config, local_arch) == commands::builder::BuilderKind::Remote
+            && let Some(address) = builder.remote.as_deref().and_then(commands::builder::ssh_builder_address)
+        {
+            return self.build_push_on_remote_builder(&address, options).await;
+        }
 
         let started = Instant::now();
         let docker_ok = self.local("docker --version", None).await;
@@ -91,7 +93,15 @@ impl Engine {
             }
         };
         self.sink().emit(Event::Command { host: None, text: build.to_string() });
-        self.local(build.script(), None).await?;
+        // `--secret id=NAME` reads NAME from the build's environment (Kamal exports `builder.secrets` there).
+        let mut build_env = Vec::new();
+        if !builder.secrets.is_empty() {
+            let secrets = self.secrets().await?;
+            for name in &builder.secrets {
+                build_env.push((name.clone(), secrets.get(name)?.to_string()));
+            }
+        }
+        self.local_with_env(build.script(), None, &build_env).await?;
         self.sink().emit(Event::Step {
             host: None,
             text: format!("Built and pushed {image}"),
@@ -103,7 +113,7 @@ impl Engine {
 
     /// The git repository holding the project and the tree of HEAD for the project's directory
     /// (`HEAD`, or `HEAD:sub/dir`), or None outside git.
-    async fn git_tree(&self) -> Option<(String, String)> {
+    pub(super) async fn git_tree(&self) -> Option<(String, String)> {
         let top = self.local("git rev-parse --show-toplevel", None).await.ok()?;
         let prefix = self.local("git rev-parse --show-prefix", None).await.unwrap_or_default();
         let prefix = prefix.trim().trim_end_matches('/');
@@ -113,12 +123,23 @@ impl Engine {
 
     /// Runs a shell command on the deployer in the project root; its output lines go to the sink.
     async fn local(&self, script: &str, stdin: Option<&[u8]>) -> Result<String, EngineError> {
+        self.local_with_env(script, stdin, &[]).await
+    }
+
+    /// [`Engine::local`] with `extra_env` added to the command's environment.
+    async fn local_with_env(
+        &self,
+        script: &str,
+        stdin: Option<&[u8]>,
+        extra_env: &[(String, String)],
+    ) -> Result<String, EngineError> {
         let mut command = tokio::process::Command::new("sh");
         command
             .arg("-c")
             .arg(script)
             .env_clear()
             .envs(self.env().vars())
+            .envs(extra_env.iter().map(|(k, v)| (k, v)))
             .current_dir(&self.config.root)
             .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())

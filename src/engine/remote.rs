@@ -6,6 +6,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
+use tokio::io::AsyncRead;
+
 use super::EngineError;
 use super::output::{Event, Sink};
 use crate::command::Cmd;
@@ -59,15 +61,7 @@ impl Remote {
     /// Runs `cmd` on `host`; a non-zero exit is an error naming the host, the command and its stderr.
     pub async fn run(&self, host: &str, cmd: &Cmd) -> Result<CommandOutput, EngineError> {
         let output = self.run_unchecked(host, cmd).await?;
-        if output.exit_status != 0 {
-            return Err(EngineError::CommandFailed {
-                host: host.to_string(),
-                command: cmd.to_string(),
-                status: output.exit_status,
-                output: last_lines(if output.stderr.trim().is_empty() { &output.stdout } else { &output.stderr }),
-            });
-        }
-        Ok(output)
+        succeeded(host, cmd, output)
     }
 
     /// Runs `cmd` on `host` and returns its output whatever its exit status.
@@ -75,6 +69,20 @@ impl Remote {
         self.sink.emit(Event::Command { host: Some(host.to_string()), text: cmd.to_string() });
         let lines = SinkLines { sink: self.sink.as_ref() };
         Ok(self.ssh.run(host, cmd, &lines).await?)
+    }
+
+    /// Runs `cmd` on `host` with `stdin` streamed to it until its end (e.g. a build context as a tar); a
+    /// non-zero exit is an error as with [`Remote::run`].
+    pub async fn run_with_stdin_stream(
+        &self,
+        host: &str,
+        cmd: &Cmd,
+        stdin: impl AsyncRead + Unpin + Send,
+    ) -> Result<CommandOutput, EngineError> {
+        self.sink.emit(Event::Command { host: Some(host.to_string()), text: cmd.to_string() });
+        let lines = SinkLines { sink: self.sink.as_ref() };
+        let output = self.ssh.run_with_stdin_stream(host, cmd, stdin, &lines).await?;
+        succeeded(host, cmd, output)
     }
 
     /// Runs `cmd` and reports it as one step (`[host] text (0.12s)`), failed or not.
@@ -125,6 +133,19 @@ where
 }
 
 /// The last lines of a command's output, for an error message.
+/// `output` if its command exited 0, else an error naming the host, the command and its last output lines.
+fn succeeded(host: &str, cmd: &Cmd, output: CommandOutput) -> Result<CommandOutput, EngineError> {
+    if output.exit_status != 0 {
+        return Err(EngineError::CommandFailed {
+            host: host.to_string(),
+            command: cmd.to_string(),
+            status: output.exit_status,
+            output: last_lines(if output.stderr.trim().is_empty() { &output.stdout } else { &output.stderr }),
+        });
+    }
+    Ok(output)
+}
+
 fn last_lines(text: &str) -> String {
     let lines: Vec<&str> = text.trim_end().lines().collect();
     lines[lines.len().saturating_sub(12)..].join("\n")

@@ -451,6 +451,50 @@ fn deploy_builds_the_committed_tree_pushes_and_deploys_it() {
     let h1 = d.host(1).clone();
     // The deployer's docker talks to the first host's engine (this machine runs no engine of its own).
     d.project.env.insert("DOCKER_HOST".into(), h1.docker_host.clone());
+    let sha = commit_test_app_project(&mut d);
+
+    let out = d.berth(&["setup"]);
+    assert!(out.ok().contains("Built and pushed"), "{}", out.stdout);
+    assert_eq!(d.get(&h1, "/env/KAMAL_VERSION").body, sha);
+    assert_eq!(d.version_served(&h1), "built");
+}
+
+#[test]
+fn builder_remote_builds_on_the_builder_over_ssh() {
+    let bench = Bench::start(2);
+    let builder_ip = bench.host(2).ip.clone();
+    let remote_builder =
+        format!("builder:\n  arch: amd64\n  local: false\n  remote: ssh://{}@{builder_ip}\n", bench.ssh_user());
+    let config = one_host_config(&bench).replace("builder:\n  arch: amd64\n", &remote_builder);
+    let mut d = Deployment::new(bench, &config);
+    let (h1, builder) = (d.host(1).clone(), d.host(2).clone());
+    // No DOCKER_HOST: the deployer has no Docker engine, so only the remote builder can have built the image.
+    let sha = commit_test_app_project(&mut d);
+
+    let out = d.berth(&["setup"]);
+    let built = format!(
+        "[{builder_ip}] Built and pushed {}/berth-test-app:{sha} on the remote builder",
+        d.bench.registry().addr
+    );
+    assert!(out.ok().contains(&built), "{}", out.stdout);
+    assert_eq!(d.get(&h1, "/env/KAMAL_VERSION").body, sha);
+    assert_eq!(d.version_served(&h1), "built");
+    let image = format!("{}/berth-test-app:{sha}", d.bench.registry().addr);
+    let label =
+        d.bench.docker(&builder, &["image", "inspect", "--format", "{{index .Config.Labels \"service\"}}", &image]);
+    assert_eq!(String::from_utf8_lossy(&label.stdout).trim(), "app", "the builder's engine holds the image it built");
+
+    // Build secrets need BuildKit, which this builder lacks: refused before anything is built, saying what to do.
+    d.project
+        .write("config/deploy.yml", &config.replace("  local: false\n", "  local: false\n  secrets: [SECRET_TOKEN]\n"));
+    let out = d.berth(&["build", "push"]);
+    assert!(out.err().contains(&format!("needs `docker buildx` on the remote builder {builder_ip}")), "{}", out.stderr);
+    assert!(!out.stderr.contains(SECRET_TOKEN) && !out.stdout.contains(SECRET_TOKEN));
+}
+
+/// Makes the project a git repository whose committed tree builds the test app (`APP_VERSION=built`), with an
+/// uncommitted Dockerfile that would break the build if it reached it; returns the commit.
+fn commit_test_app_project(d: &mut Deployment) -> String {
     for (key, value) in [("GIT_AUTHOR_NAME", "Ana"), ("GIT_AUTHOR_EMAIL", "ana@example.com")] {
         d.project.env.insert(key.into(), value.into());
         d.project.env.insert(key.replace("AUTHOR", "COMMITTER"), value.into());
@@ -477,9 +521,5 @@ fn deploy_builds_the_committed_tree_pushes_and_deploys_it() {
     let sha = git(&["rev-parse", "HEAD"]);
     // An uncommitted change that would break the build: it must not reach the image.
     d.project.write("Dockerfile", "FROM scratch\nCOPY missing-file /x\n");
-
-    let out = d.berth(&["setup"]);
-    assert!(out.ok().contains("Built and pushed"), "{}", out.stdout);
-    assert_eq!(d.get(&h1, "/env/KAMAL_VERSION").body, sha);
-    assert_eq!(d.version_served(&h1), "built");
+    sha
 }
