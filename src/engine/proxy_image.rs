@@ -17,9 +17,20 @@ pub const BINARY_PATH: &str = "/usr/local/bin/kamal-proxy";
 /// The repository of berth proxy images on each host.
 pub const REPOSITORY: &str = "berth-proxy";
 
+/// The kamal-proxy release whose control surface berth's proxy implements.
+pub const KAMAL_PROXY_COMPATIBLE: &str = "0.9.2";
+
+/// The image tag: `v<kamal-proxy version>.1-berth.<berth version>.<hash>`. Kamal reads the proxy's version
+/// from the tag after the last `:` and refuses hosts whose proxy is older than v0.9.2 (Ruby's `Gem::Version`,
+/// where any letter makes a pre-release, sorting before the plain version): the extra `.1` segment keeps the
+/// tag above v0.9.2, so `kamal deploy` accepts a host whose proxy berth booted.
+fn tag(berth_version: &str, hash: &str) -> String {
+    format!("v{KAMAL_PROXY_COMPATIBLE}.1-berth.{berth_version}.{hash}")
+}
+
 /// A proxy image ready to import.
 pub struct ProxyImage {
-    /// `berth-proxy:<berth version>-<12 hex of the binary's sha256>`
+    /// `berth-proxy:v0.9.2.1-berth.<berth version>.<12 hex of the binary's sha256>` (see [`tag`])
     pub image: String,
     pub tarball: Vec<u8>,
 }
@@ -35,7 +46,7 @@ impl ProxyImage {
         let bytes = std::fs::read(binary)?;
         let digest = Sha256::digest(&bytes);
         let hash: String = digest.iter().take(6).map(|byte| format!("{byte:02x}")).collect();
-        let image = format!("{REPOSITORY}:{}-{hash}", env!("CARGO_PKG_VERSION"));
+        let image = format!("{REPOSITORY}:{}", tag(env!("CARGO_PKG_VERSION"), &hash));
 
         let mut tar = tar::Builder::new(Vec::new());
         let mut directories = std::collections::BTreeSet::new();
@@ -132,5 +143,23 @@ mod tests {
         assert_eq!(unique.len(), names.len(), "docker import refuses duplicate paths: {names:?}");
         let again = ProxyImage::from_binary(Path::new("/bin/true")).unwrap();
         assert_eq!(image.image, again.image, "same binary, same tag");
+    }
+
+    /// Kamal's own check (`Kamal::Utils.older_version?` against `MINIMUM_VERSION`), run by Ruby itself.
+    #[test]
+    fn kamal_finds_the_tag_new_enough() {
+        let image = format!("{REPOSITORY}:{}", tag(env!("CARGO_PKG_VERSION"), "3fa9c2b1d0e4"));
+        let version = image.rsplit(':').next().unwrap(); // awk -F: '{print $NF}'
+        let older = |version: &str| {
+            let script = r#"print(Gem::Version.new(ARGV[0].delete_prefix("v")) < Gem::Version.new("0.9.2"))"#;
+            let out = std::process::Command::new("ruby")
+                .args(["-e", script, version])
+                .output()
+                .expect("ruby runs Kamal's version check (scripts/test.sh installs it)");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        assert_eq!(older("v0.9.1"), "true", "the check itself");
+        assert_eq!(older(version), "false", "{version}");
     }
 }
