@@ -59,6 +59,13 @@ fn with_key_values<'a>(mut cmd: Cmd, flag: &str, pairs: impl IntoIterator<Item =
     cmd
 }
 
+/// `cmd` followed by a user's command (`app exec`, `accessory exec`): Kamal joins its words with spaces and
+/// leaves them to the host's shell, so `exec 'bin/rails console'` runs `bin/rails` with `console`, and pipes or
+/// `$VARS` in it are the shell's.
+fn with_user_command(cmd: Cmd, command: &[String]) -> Cmd {
+    if command.is_empty() { cmd } else { cmd.raw(command.join(" ")) }
+}
+
 /// Kamal's `optionize(hash)` for `docker run` options: `--key "value"`, `--key` for `true`, one pair per element
 /// of a list; null values are dropped.
 fn with_options(mut cmd: Cmd, options: &Mapping) -> Cmd {

@@ -13,6 +13,7 @@ mod connection;
 mod error;
 mod exec;
 mod known_hosts;
+mod openssh_client;
 mod openssh_config;
 mod route;
 
@@ -32,6 +33,7 @@ use tokio::sync::Semaphore;
 use crate::command::{Cmd, quote};
 use connection::Connection;
 pub use error::SshError;
+pub use openssh_client::terminal_session_args;
 use exec::Stdin;
 
 /// How SSH reaches the hosts: Kamal's `ssh:` settings plus berth's own (host key policy, timeouts).

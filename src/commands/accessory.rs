@@ -11,7 +11,7 @@ use super::names;
 use super::proxy::{self, TlsOwner};
 use super::{
     command_words, docker, options_without_restart, restart_policy, with_clear_env, with_key_values, with_logging,
-    with_options, with_volume,
+    with_options, with_user_command, with_volume,
 };
 use crate::command::{Cmd, quote};
 use crate::config::schema::scalar_text;
@@ -245,7 +245,7 @@ pub fn execute_in_existing_container(accessory: &Accessory, command: &[String], 
     if interactive {
         cmd = cmd.arg("-it");
     }
-    cmd.arg(&accessory.service).args(command)
+    with_user_command(cmd.arg(&accessory.service), command)
 }
 
 /// `docker run [-it] --rm --network … <env> <volumes> <options> <image> <command…>`.
@@ -264,7 +264,7 @@ pub fn execute_in_new_container(
     cmd = with_env_args(cmd, config, accessory, host);
     cmd = with_volume_args(cmd, accessory);
     cmd = with_options(cmd, &options_without_restart(&accessory.options));
-    cmd.arg(&accessory.image).args(command)
+    with_user_command(cmd.arg(&accessory.image), command)
 }
 
 /// Registers the accessory's container `target` with kamal-proxy under its service name.

@@ -6,7 +6,7 @@ use indexmap::IndexMap;
 use super::names::{self, NETWORK};
 use super::{
     command_words, docker, options_without_restart, restart_policy, with_clear_env, with_filters, with_key_values,
-    with_logging, with_options, with_volume,
+    with_logging, with_options, with_user_command, with_volume,
 };
 use crate::command::{Cmd, quote};
 use crate::commands::env_file::role_env;
@@ -364,7 +364,7 @@ pub fn execute_in_new_container(
         cmd = cmd.arg("--volume").arg(volume);
     }
     cmd = with_options(cmd, &options_without_restart(&role.options));
-    cmd.arg(names::image(config, version)).args(command)
+    with_user_command(cmd.arg(names::image(config, version)), command)
 }
 
 /// `docker exec [-it] [--env K="v"…] <prefix>-<version> <command…>`: Kamal's `execute_in_existing_container`.
@@ -381,7 +381,7 @@ pub fn execute_in_existing_container(
         cmd = cmd.arg("-it");
     }
     cmd = with_clear_env(cmd, env);
-    cmd.arg(names::container_name(config, &role.name, version)).args(command)
+    with_user_command(cmd.arg(names::container_name(config, &role.name, version)), command)
 }
 
 /// `mkdir -p .kamal/apps/<svc[-dest]>/env/roles`, before uploading a role's env file.
@@ -689,6 +689,16 @@ mod tests {
             super::logs(&config, web, &options).script(),
             "echo C137 | xargs docker logs --tail 10 --follow 2>&1"
         );
+    }
+
+    #[test]
+    fn an_exec_command_is_shell_text_as_in_kamal() {
+        // `kamal app exec -i 'bin/rails console'`: one argument, two words for the host's shell.
+        let config = config("servers:\n  - 1.1.1.1\n");
+        let web = config.role("web").unwrap();
+        let command = ["bin/rails console".to_string()];
+        let cmd = super::execute_in_existing_container(&config, web, "123", &command, &IndexMap::new(), true);
+        assert_eq!(cmd.script(), "docker exec -it app-web-123 bin/rails console");
     }
 
     #[test]

@@ -446,22 +446,22 @@ impl Engine {
         self.show_per_host("App Host", &hosts, &commands::auditor::reveal(&self.config)).await
     }
 
-    /// Runs `cmd` on `host` in a terminal session of the OpenSSH client (`ssh -t`), attached to this terminal.
+    /// Runs `cmd` on `host` in a terminal session of the OpenSSH client (`ssh -t`), attached to this terminal,
+    /// with berth's own address, keys, known_hosts files and host key policy for that host.
     fn interactive_ssh(&self, host: &str, cmd: &Cmd) -> Result<(), EngineError> {
         let ssh = self.remote().ssh().config();
-        let mut client = std::process::Command::new("ssh");
-        client.arg("-t").arg("-p").arg(ssh.port.to_string());
-        for key in &ssh.keys {
-            client.arg("-i").arg(key);
-        }
-        if let Some(proxy) = &ssh.proxy {
-            client.arg("-J").arg(proxy.to_string());
-        }
-        client.arg(format!("{}@{host}", ssh.user)).arg(cmd.script());
+        // `ssh.key_data` lives in memory; `ssh` needs files: private ones, removed when the session ends.
+        let key_files = PrivateKeyFiles::write(&ssh.key_data).map_err(|source| EngineError::Local {
+            what: "writing ssh.key_data for the `ssh` client".into(),
+            source,
+        })?;
+        let args = crate::ssh::terminal_session_args(ssh, host, &key_files.paths, cmd.script())?;
         self.sink().emit(Event::Command { host: Some(host.to_string()), text: cmd.to_string() });
-        let status = client
+        let status = std::process::Command::new("ssh")
+            .args(&args)
             .status()
             .map_err(|source| EngineError::Local { what: "running the OpenSSH client `ssh`".into(), source })?;
+        drop(key_files);
         if !status.success() {
             return Err(EngineError::CommandFailed {
                 host: host.to_string(),
@@ -573,4 +573,40 @@ fn accessory_app_port(accessory: &Accessory) -> Option<String> {
 /// Uploads go through the login directory; `$PWD/x` in a builder path means `x` relative to it.
 fn host_path_for_upload(path: &str) -> String {
     path.strip_prefix("$PWD/").unwrap_or(path).to_string()
+}
+
+/// Private key texts written to files only their owner can read, in a private directory that goes away with
+/// this value.
+struct PrivateKeyFiles {
+    dir: Option<std::path::PathBuf>,
+    paths: Vec<std::path::PathBuf>,
+}
+
+impl PrivateKeyFiles {
+    fn write(keys: &[String]) -> std::io::Result<PrivateKeyFiles> {
+        use std::io::Write;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        if keys.is_empty() {
+            return Ok(PrivateKeyFiles { dir: None, paths: Vec::new() });
+        }
+        let dir = std::env::temp_dir().join(format!("berth-ssh-keys-{}", random_hex(8)));
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        let mut files = PrivateKeyFiles { dir: Some(dir.clone()), paths: Vec::new() };
+        for (index, key) in keys.iter().enumerate() {
+            let path = dir.join(format!("key-{index}"));
+            let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+            file.write_all(key.trim_end().as_bytes())?;
+            file.write_all(b"\n")?;
+            files.paths.push(path);
+        }
+        Ok(files)
+    }
+}
+
+impl Drop for PrivateKeyFiles {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }

@@ -33,6 +33,67 @@ impl Deployment {
         self.project.berth(args)
     }
 
+    /// Runs `berth ARGS` in a terminal (`script` gives it a pseudo-terminal, as a user's shell would), types
+    /// `answer` once `prompt` appears in what it shows, and returns everything it showed.
+    fn berth_in_terminal(&self, args: &[&str], prompt: &str, answer: &str) -> String {
+        use std::io::{Read, Write};
+        let command_line = std::iter::once(env!("CARGO_BIN_EXE_berth").to_string())
+            .chain(args.iter().map(|arg| format!("'{}'", arg.replace('\'', "'\\''"))))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut child = std::process::Command::new("script")
+            .args(["--quiet", "--return", "--command", &command_line, "/dev/null"])
+            .current_dir(self.project.path())
+            .env_clear()
+            .envs(&self.project.env)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run berth under script(1)");
+        let shown = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut stdout = child.stdout.take().unwrap();
+        let reader = {
+            let shown = shown.clone();
+            std::thread::spawn(move || {
+                let mut buffer = [0u8; 4096];
+                while let Ok(n) = stdout.read(&mut buffer) {
+                    if n == 0 {
+                        break;
+                    }
+                    shown.lock().unwrap().push_str(&String::from_utf8_lossy(&buffer[..n]));
+                }
+            })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !shown.lock().unwrap().contains(prompt) {
+            if std::time::Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no {prompt:?} in the terminal: {}", shown.lock().unwrap());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(answer.as_bytes()).unwrap();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the session did not end: {}", shown.lock().unwrap());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        drop(stdin);
+        reader.join().unwrap();
+        let shown = shown.lock().unwrap().clone();
+        assert!(status.success(), "berth {args:?} in a terminal failed ({status}): {shown}");
+        shown
+    }
+
     fn host(&self, index: usize) -> &Host {
         self.bench.host(index)
     }
@@ -457,6 +518,12 @@ fn deploy_builds_the_committed_tree_pushes_and_deploys_it() {
     assert!(out.ok().contains("Built and pushed"), "{}", out.stdout);
     assert_eq!(d.get(&h1, "/env/KAMAL_VERSION").body, sha);
     assert_eq!(d.version_served(&h1), "built");
+
+    // `app exec -i`: a terminal session (OpenSSH's `ssh -t`, as Kamal) into a new container of the running
+    // version; the program in it reads from a terminal and gets what was typed.
+    let session = d.berth_in_terminal(&["app", "exec", "-i", "/berth-test-app --read-line"], "stdin=", "hello there\n");
+    assert!(session.contains("stdin=/dev/pts/"), "the container's stdin is a terminal: {session}");
+    assert!(session.contains("got: hello there"), "{session}");
 }
 
 #[test]

@@ -27,7 +27,8 @@
 //! | `/echo` | 200 with the request line, headers and body |
 //! | `/crash?code=N` | exits at once with code N (default 1), no answer |
 //!
-//! Run with `--version` it prints its version, with `--env NAME` the value of NAME, and exits (for `app exec`).
+//! Run with `--version` it prints its version, with `--env NAME` the value of NAME, with `--read-line` what its
+//! stdin is and a line read from it, and exits (for `app exec`).
 //!
 //! SIGTERM (or SIGINT): stops accepting connections, lets requests already being read or answered finish
 //! (their answers say `Connection: close`), then exits 0. Idle keep-alive connections are simply closed.
@@ -127,6 +128,15 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("--version") => {
             println!("{}", env_or("APP_VERSION", "dev"));
+            return;
+        }
+        Some("--read-line") => {
+            // For `app exec -i`: shows what stdin is (a terminal under `docker run -it`) and echoes a typed line.
+            let stdin = std::fs::read_link("/proc/self/fd/0").map(|p| p.display().to_string()).unwrap_or_default();
+            println!("stdin={stdin}");
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+            println!("got: {}", line.trim_end());
             return;
         }
         Some("--env") => {
