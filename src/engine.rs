@@ -83,21 +83,39 @@ pub struct RunOptions {
     pub subcommand: Option<String>,
 }
 
-/// A flag that a Ctrl-C handler raises; the engine looks at it between steps.
+/// A flag that a Ctrl-C handler raises. The engine looks at it between steps; work that changes no host
+/// (build, pull, the hooks before the boot) is abandoned at once (see [`Engine::unless_cancelled`]).
 #[derive(Clone, Debug, Default)]
-pub struct Cancel(Arc<AtomicBool>);
+pub struct Cancel(Arc<CancelState>);
+
+#[derive(Debug, Default)]
+struct CancelState {
+    raised: AtomicBool,
+    raised_now: tokio::sync::Notify,
+}
 
 impl Cancel {
     pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.0.raised.store(true, Ordering::SeqCst);
+        self.0.raised_now.notify_waiters();
     }
 
     pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.0.raised.load(Ordering::SeqCst)
     }
 
     pub fn check(&self) -> Result<(), EngineError> {
         if self.is_cancelled() { Err(EngineError::Cancelled) } else { Ok(()) }
+    }
+
+    /// Resolves once the flag is raised.
+    pub async fn raised(&self) {
+        // Registered before the check, so a `cancel` between the two still wakes it.
+        let notified = self.0.raised_now.notified();
+        if self.is_cancelled() {
+            return;
+        }
+        notified.await;
     }
 }
 
@@ -239,7 +257,21 @@ impl Engine {
         self.holding_lock.store(held, Ordering::SeqCst);
     }
 
-    /// Runs a hook with the `KAMAL_*` variables (and the secrets, for the hooks that get them).
+    /// Runs `work` unless Ctrl-C comes first: then `work` is dropped (a local process it started is killed)
+    /// and the result is [`EngineError::Cancelled`]. Only for work that leaves no host half-changed when
+    /// abandoned: building, pulling, the hooks before the boot.
+    pub async fn unless_cancelled<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, EngineError>>,
+    ) -> Result<T, EngineError> {
+        tokio::select! {
+            result = work => result,
+            () = self.cancel.raised() => Err(EngineError::Cancelled),
+        }
+    }
+
+    /// Runs a hook with the `KAMAL_*` variables (and the secrets, for the hooks that get them). The hooks that
+    /// run before anything changes on a host are abandoned (their process killed) on Ctrl-C.
     pub async fn run_hook(&self, name: &str, extra: &[(&str, String)]) -> Result<(), EngineError> {
         if !self.hooks.exists(name) {
             return Ok(());
@@ -253,7 +285,12 @@ impl Engine {
         for (key, value) in extra {
             vars.insert(key.to_string(), value.clone());
         }
-        self.hooks.run(name, &vars, self.sink.as_ref()).await?;
+        let run = async { Ok(self.hooks.run(name, &vars, self.sink.as_ref()).await?) };
+        if matches!(name, "pre-connect" | "pre-build" | "pre-deploy") {
+            self.unless_cancelled(run).await?;
+        } else {
+            run.await?;
+        }
         Ok(())
     }
 

@@ -78,8 +78,8 @@ pub fn run(cli: &Cli, env: &Environment) -> anyhow::Result<bool> {
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     let result = runtime.block_on(async {
         let cancel = engine.cancel_handle();
-        // Ctrl-C or SIGTERM (a CI runner stopping the job): finish the current step, roll back what switched,
-        // release the lock. A second signal exits at once.
+        // Ctrl-C or SIGTERM (a CI runner stopping the job): abandon a build, pull or early hook, or finish the
+        // current boot step; roll back what switched; release the lock. A second signal exits at once.
         tokio::spawn(async move {
             let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             let terminated = async {
@@ -93,7 +93,7 @@ pub fn run(cli: &Cli, env: &Environment) -> anyhow::Result<bool> {
                 _ = terminated => {}
             }
             eprintln!(
-                "\nCancelling: finishing the current step, then rolling back and releasing the lock (again to abort)"
+                "\nCancelling: a build, pull or pre-deploy hook stops now, a boot step finishes first; then what switched is rolled back and the lock released (again to abort)"
             );
             cancel.cancel();
             let _ = tokio::signal::ctrl_c().await;

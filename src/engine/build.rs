@@ -143,7 +143,8 @@ impl Engine {
             .current_dir(&self.config.root)
             .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
         let mut child =
             command.spawn().map_err(|source| EngineError::Local { what: format!("running `{script}`"), source })?;
         if let (Some(bytes), Some(mut pipe)) = (stdin, child.stdin.take()) {

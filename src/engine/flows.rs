@@ -92,10 +92,11 @@ impl Engine {
 
     /// `build deliver` (push then pull), or only `build pull` with `-P`.
     pub async fn deliver(&self, options: DeployOptions) -> Result<(), EngineError> {
+        // Nothing has changed on a host yet: Ctrl-C abandons the build or pull at once.
         if !options.skip_push {
-            self.build_push(options).await?;
+            self.unless_cancelled(self.build_push(options)).await?;
         }
-        self.pull_image().await
+        self.unless_cancelled(self.pull_image()).await
     }
 
     /// `build pull`: log in and pull the app image on every app host in parallel, and check its `service` label.

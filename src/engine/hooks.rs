@@ -73,6 +73,8 @@ impl Hooks {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // A hook abandoned on Ctrl-C must not run on after berth gave up on it.
+            .kill_on_drop(true)
             .spawn()
             .map_err(|source| HookError::Start { name: name.into(), path: display.clone(), source })?;
 

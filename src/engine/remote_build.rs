@@ -135,7 +135,8 @@ impl Engine {
             .envs(self.env().vars())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
         let what = format!("{source:?}").replace('"', "");
         let mut child =
             source.spawn().map_err(|source| EngineError::Local { what: format!("running {what}"), source })?;

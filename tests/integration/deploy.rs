@@ -413,11 +413,47 @@ fn a_held_lock_blocks_deploys_and_a_killed_deploy_leaves_no_lock_behind() {
     d.berth(&["deploy", "-P", "--version", "v2"]).ok();
     assert_eq!(d.version_served(&h1), "v2");
 
-    // A deploy killed (SIGKILL) while it holds the lock: its pre-deploy hook parks it under the lock.
+    // Its pre-deploy hook parks a deploy under the lock.
     let hook = d
         .project
         .write(".kamal/hooks/pre-deploy", "#!/bin/sh\necho $$ > \"$(dirname \"$0\")/../../hook.pid\"\nexec sleep 60\n");
     std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let pid_file = d.project.path().join("hook.pid");
+
+    // Ctrl-C (SIGINT) there: the hook is stopped at once, the lock released, the host keeps its version.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["deploy", "-P", "--version", "v3"])
+        .current_dir(d.project.path())
+        .env_clear()
+        .envs(&d.project.env)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    Bench::wait_for("the deploy to hold the lock and run its hook", Duration::from_secs(60), || {
+        pid_file.exists().then_some(())
+    });
+    let hook_pid = std::fs::read_to_string(&pid_file).unwrap().trim().to_string();
+    std::fs::remove_file(&pid_file).unwrap();
+    let interrupted = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(interrupted.success());
+    let status =
+        Bench::wait_for("the interrupted deploy to end", Duration::from_secs(20), || child.try_wait().unwrap());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success() && stderr.contains("cancelled"), "{status}: {stderr}");
+    // Stopped with the deploy: gone, or a zombie left to init.
+    let hook_running = || {
+        std::fs::read_to_string(format!("/proc/{hook_pid}/stat"))
+            .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+    };
+    Bench::wait_for("the hook to be stopped with the deploy", Duration::from_secs(10), || {
+        (!hook_running()).then_some(())
+    });
+    assert!(d.berth(&["lock", "status"]).ok().contains("There is no deploy lock"), "{stderr}");
+    assert_eq!(d.version_served(&h1), "v2", "the host still serves its version");
+
+    // A deploy killed (SIGKILL) while it holds the lock.
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
         .args(["deploy", "-P", "--version", "v3"])
         .current_dir(d.project.path())
@@ -427,7 +463,6 @@ fn a_held_lock_blocks_deploys_and_a_killed_deploy_leaves_no_lock_behind() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let pid_file = d.project.path().join("hook.pid");
     Bench::wait_for("the deploy to hold the lock and run its hook", Duration::from_secs(60), || {
         pid_file.exists().then_some(())
     });
