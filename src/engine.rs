@@ -336,6 +336,10 @@ fn ssh_config(
     ssh_config.use_agent = !ssh_config.keys_only && env.get("SSH_AUTH_SOCK").is_some();
     ssh_config.agent_socket = env.get("SSH_AUTH_SOCK").map(PathBuf::from);
     ssh_config.proxy = ssh.proxy.as_deref().map(crate::ssh::JumpHost::parse).transpose()?;
+    // As Kamal: a jump host (`proxy`) wins over `proxy_command`.
+    if ssh_config.proxy.is_none() {
+        ssh_config.proxy_command = ssh.proxy_command.clone().filter(|command| !command.trim().is_empty());
+    }
     if let Some(files) = env.get("BERTH_KNOWN_HOSTS") {
         ssh_config.known_hosts_files = files.split(':').map(PathBuf::from).collect();
     } else {

@@ -56,6 +56,10 @@ pub struct SshConfig {
     pub agent_socket: Option<PathBuf>,
     /// A jump host every connection goes through (Kamal's `ssh.proxy`).
     pub proxy: Option<JumpHost>,
+    /// A local command whose stdin/stdout carry each connection instead of TCP (Kamal's `ssh.proxy_command`,
+    /// OpenSSH's `ProxyCommand`: `%h` host, `%p` port, `%r` user, `%%` a percent sign), e.g.
+    /// `aws ssm start-session --target %h …` or `cloudflared access ssh --hostname %h`.
+    pub proxy_command: Option<String>,
     /// Where host keys are looked up, in order; [`HostKeyPolicy::AcceptNew`] records into the first.
     pub known_hosts_files: Vec<PathBuf>,
     pub host_key_policy: HostKeyPolicy,
@@ -87,6 +91,7 @@ impl Default for SshConfig {
             use_agent: true,
             agent_socket: None,
             proxy: None,
+            proxy_command: None,
             known_hosts_files: home.iter().map(|h| h.join(".ssh/known_hosts")).collect(),
             host_key_policy: HostKeyPolicy::Strict,
             connect_timeout: Duration::from_secs(10),
@@ -110,6 +115,7 @@ impl fmt::Debug for SshConfig {
             .field("use_agent", &self.use_agent)
             .field("agent_socket", &self.agent_socket)
             .field("proxy", &self.proxy)
+            .field("proxy_command", &self.proxy_command)
             .field("known_hosts_files", &self.known_hosts_files)
             .field("host_key_policy", &self.host_key_policy)
             .field("connect_timeout", &self.connect_timeout)

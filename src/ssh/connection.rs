@@ -26,6 +26,8 @@ pub(crate) struct Connection {
     session_slots: Arc<Semaphore>,
     /// The jump host connection this one runs through, kept open as long as this one is.
     _via: Option<Arc<Connection>>,
+    /// The `proxy_command` process carrying this connection, killed when it is dropped.
+    _proxy_process: Option<tokio::process::Child>,
 }
 
 /// A session channel and its slot on the connection.
@@ -114,7 +116,29 @@ async fn connect_endpoint(
         writes: Arc::clone(known_hosts_writes),
     };
     let client_config = Arc::new(client_config(config, endpoint));
+    let mut proxy_process = None;
     let handshake = match &via {
+        None if config.proxy_command.is_some() => {
+            let command = proxy_command_line(config.proxy_command.as_deref().unwrap_or_default(), endpoint);
+            let connect_error = |cause: String| SshError::Connect {
+                host: endpoint.label.clone(),
+                addr: format!("proxy_command `{command}`"),
+                cause,
+                hint: "Check ssh.proxy_command: it must run here and connect its stdin/stdout to the host's sshd."
+                    .into(),
+            };
+            let (mut child, stream) = spawn_proxy_command(&command).map_err(|e| connect_error(e.to_string()))?;
+            let handshake = client::connect_stream(client_config, stream, check).await;
+            if let Err(HandshakeError::Ssh(error)) = &handshake {
+                // What the command printed says more than a handshake that found nothing on its end.
+                let printed = proxy_command_stderr(&mut child).await;
+                let printed = if printed.is_empty() { String::new() } else { format!("; it printed: {printed}") };
+                return Err(connect_error(format!("SSH handshake failed: {error}{printed}")));
+            }
+            discard_stderr(&mut child);
+            proxy_process = Some(child);
+            handshake
+        }
         None => {
             let stream =
                 tokio::net::TcpStream::connect((endpoint.hostname.as_str(), endpoint.port)).await.map_err(|e| {
@@ -156,7 +180,75 @@ async fn connect_endpoint(
         label: endpoint.label.clone(),
         session_slots: Arc::new(Semaphore::new(config.max_sessions_per_connection.max(1))),
         _via: via,
+        _proxy_process: proxy_process,
     })
+}
+
+/// `proxy_command` with OpenSSH's tokens for `endpoint` replaced: `%h` host, `%p` port, `%r` user, `%%` `%`.
+fn proxy_command_line(template: &str, endpoint: &Endpoint) -> String {
+    let mut line = String::with_capacity(template.len());
+    let mut chars = template.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            line.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('h') => line.push_str(&endpoint.hostname),
+            Some('p') => line.push_str(&endpoint.port.to_string()),
+            Some('r') => line.push_str(&endpoint.user),
+            Some('%') => line.push('%'),
+            Some(other) => {
+                line.push('%');
+                line.push(other);
+            }
+            None => line.push('%'),
+        }
+    }
+    line
+}
+
+/// Starts `command` through `sh -c`; its stdout and stdin are the connection's byte stream (its stderr stays
+/// in the child, see [`proxy_command_stderr`]).
+fn spawn_proxy_command(
+    command: &str,
+) -> std::io::Result<(tokio::process::Child, tokio::io::Join<tokio::process::ChildStdout, tokio::process::ChildStdin>)>
+{
+    use std::process::Stdio;
+    let mut child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stdin = child.stdin.take().expect("stdin is piped");
+    Ok((child, tokio::io::join(stdout, stdin)))
+}
+
+/// What a failed `proxy_command` printed on stderr: it is stopped, then its output read (briefly: a process it
+/// left behind may hold the pipe open).
+async fn proxy_command_stderr(child: &mut tokio::process::Child) -> String {
+    use tokio::io::AsyncReadExt;
+    let _ = child.start_kill();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), child.wait()).await;
+    let mut printed = Vec::new();
+    if let Some(stderr) = child.stderr.take() {
+        let mut stderr = stderr.take(4096);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), stderr.read_to_end(&mut printed)).await;
+    }
+    String::from_utf8_lossy(&printed).trim().to_string()
+}
+
+/// Reads and drops a working `proxy_command`'s stderr, so a chatty command never blocks on a full pipe.
+fn discard_stderr(child: &mut tokio::process::Child) {
+    if let Some(mut stderr) = child.stderr.take() {
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await;
+        });
+    }
 }
 
 fn client_config(config: &SshConfig, endpoint: &Endpoint) -> client::Config {
@@ -431,4 +523,25 @@ async fn try_agent(
         tried.push(format!("the agent at {where_}: no keys{filter}"));
     }
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_command_tokens_are_replaced_as_openssh_does() {
+        let endpoint = Endpoint {
+            label: "app1".into(),
+            hostname: "10.0.0.5".into(),
+            port: 2222,
+            user: "deploy".into(),
+            identity_files: Vec::new(),
+            known_hosts_files: Vec::new(),
+        };
+        assert_eq!(
+            proxy_command_line("ssh -W %h:%p %r@bastion # 100%% %x%", &endpoint),
+            "ssh -W 10.0.0.5:2222 deploy@bastion # 100% %x%"
+        );
+    }
 }

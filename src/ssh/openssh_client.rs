@@ -46,6 +46,10 @@ pub fn terminal_session_args(
     if let Some(proxy) = &config.proxy {
         args.push("-J".into());
         args.push(proxy.to_string());
+    } else if let Some(command) = &config.proxy_command {
+        // OpenSSH expands the same %h/%p/%r tokens itself.
+        args.push("-o".into());
+        args.push(format!("ProxyCommand={command}"));
     }
     args.push(format!("{}@{hostname}", config.user));
     args.push(script.to_string());
@@ -79,11 +83,16 @@ mod tests {
         config.use_agent = false;
         config.proxy = Some(JumpHost::parse("jump@bastion:22").unwrap());
         config.ssh_config_files = vec![PathBuf::from("/p/ssh_config")];
+        config.proxy_command = Some("ignored: the jump host wins".into());
         let args = terminal_session_args(&config, "[2001:db8::1]", &[], "sh").unwrap();
         assert_eq!(
             args.join(" "),
             "-t -p 2222 -o UserKnownHostsFile=/k/one /k/two -o StrictHostKeyChecking=accept-new -o IdentitiesOnly=yes \
              -o IdentityAgent=none -F /p/ssh_config -i /home/a/.ssh/id_ed25519 -J jump@bastion:22 deploy@2001:db8::1 sh"
         );
+        config.proxy = None;
+        config.proxy_command = Some("cloudflared access ssh --hostname %h".into());
+        let args = terminal_session_args(&config, "app1", &[], "sh").unwrap();
+        assert!(args.windows(2).any(|w| w == ["-o", "ProxyCommand=cloudflared access ssh --hostname %h"]), "{args:?}");
     }
 }

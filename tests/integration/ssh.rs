@@ -1,5 +1,5 @@
 //! The SSH executor against real sshd on the bench: output, stdin, one multiplexed connection per host, files
-//! written privately, host keys verified, failures explained, reconnection, jump hosts, key data and the agent.
+//! written privately, host keys verified, failures explained, reconnection, jump hosts, proxy commands, key data and the agent.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -489,6 +489,37 @@ fn a_host_is_reached_through_a_jump_host_set_in_config_or_in_an_openssh_config_f
         let error = SshPool::new(config).run(&format!("{}:2222", target.ip), &sh("true"), &DiscardLines).await;
         let message = error.unwrap_err().to_string();
         assert!(message.contains(&jump.ip) && message.contains(&format!("{}:2222", target.ip)), "{message}");
+    });
+}
+
+#[test]
+fn a_proxy_command_carries_the_connection_and_explains_its_failure() {
+    let bench = Bench::start(1);
+    let host = bench.host(1);
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("proxied");
+    block_on(async {
+        // A ProxyCommand in the style of `ssh -W %h:%p bastion`: here bash's /dev/tcp relays the bytes, and the
+        // command notes the tokens it was given.
+        let command = format!(
+            "echo %r@%h:%p > {marker}; exec bash -c 'exec 3<>/dev/tcp/%h/%p; cat <&3 & exec cat >&3'",
+            marker = marker.display()
+        );
+        let pool = SshPool::new(SshConfig { proxy_command: Some(command), ..bench_config(&bench) });
+        let output = ok(pool.run(&host.ip, &sh("hostname"), &DiscardLines).await);
+        assert_eq!(output.stdout.trim(), host.hostname);
+        let noted = std::fs::read_to_string(&marker).expect("the connection went through the proxy command");
+        assert_eq!(noted.trim(), format!("{}@{}:22", bench.ssh_user(), host.ip));
+        pool.close().await;
+
+        // A command that cannot reach the host: the error names it and shows what it printed.
+        let failing = "echo 'bastion.example: no route to host' >&2; exit 1".to_string();
+        let pool = SshPool::new(SshConfig { proxy_command: Some(failing), ..bench_config(&bench) });
+        let message = pool.run(&host.ip, &sh("true"), &DiscardLines).await.unwrap_err().to_string();
+        assert!(
+            message.contains("proxy_command") && message.contains("bastion.example: no route to host"),
+            "{message}"
+        );
     });
 }
 
