@@ -13,6 +13,8 @@
 //! - [`health`]: the health-check loop with consecutive-success/failure thresholds.
 //! - [`router`]: services, the routing table behind an `ArcSwap`, deploy/rollout/pause/stop and their drains.
 //! - [`forward`]: one request's trip through the proxy (headers, buffering, upgrades, errors).
+//! - [`fast_path`]: plain HTTP/1.1 requests forwarded by the client connection's own task, without hyper.
+//! - [`http1`]: HTTP/1.1 heads and body framing for the fast path (parse, rewrite, find the body's end).
 //! - [`server`]: listeners, worker runtimes, connection timeouts and graceful shutdown.
 //! - [`control`]: the unix-socket protocol between the control commands and the running proxy.
 //! - [`state`]: the persisted routing state (atomic write, per-service restore).
@@ -36,8 +38,10 @@
 
 pub mod cli;
 pub mod control;
+pub mod fast_path;
 pub mod forward;
 pub mod health;
+pub mod http1;
 pub mod observability;
 pub mod options;
 pub mod pages;

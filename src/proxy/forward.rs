@@ -66,7 +66,7 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_REQUEST_START: HeaderName = HeaderName::from_static("x-request-start");
 
 /// How many times a request retries when its target started draining between lookup and claim.
-const CLAIM_ATTEMPTS: usize = 8;
+pub(crate) const CLAIM_ATTEMPTS: usize = 8;
 
 /// Handles one request; never fails (errors become error pages).
 pub async fn handle(
@@ -244,9 +244,17 @@ async fn route_and_forward(
 
 /// The rollout slot when the request's `kamal-rollout` cookie is selected by the split, else the active one.
 fn choose_group<'a>(service: &'a Service, headers: &HeaderMap) -> &'a Arc<TargetGroup> {
+    choose_group_by_cookies(service, headers.get_all(header::COOKIE).iter().map(HeaderValue::as_bytes))
+}
+
+/// [`choose_group`] over the values of the request's `Cookie` headers.
+pub(crate) fn choose_group_by_cookies<'a, 'c>(
+    service: &'a Service,
+    cookie_headers: impl Iterator<Item = &'c [u8]>,
+) -> &'a Arc<TargetGroup> {
     if let (Some(rollout), Some(split)) = (&service.rollout, &service.rollout_split) {
-        for cookies in headers.get_all(header::COOKIE) {
-            let Ok(cookies) = cookies.to_str() else { continue };
+        for cookies in cookie_headers {
+            let Ok(cookies) = std::str::from_utf8(cookies) else { continue };
             for cookie in cookies.split(';') {
                 if let Some(value) = cookie.trim().strip_prefix("kamal-rollout=")
                     && split.selects(value)
@@ -454,7 +462,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-fn host_without_port(host: &str) -> &str {
+pub(crate) fn host_without_port(host: &str) -> &str {
     host.rsplit_once(':').filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h)
 }
 
@@ -485,15 +493,20 @@ fn text_response(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
 
 /// The proxy's own HTML page for `status` (the service's custom page when it has one).
 fn page(service: Option<&Service>, status: StatusCode, message: Option<&str>) -> Response<ProxyBody> {
-    let body = match service {
-        Some(service) => service.pages.render(status, message),
-        None => super::pages::builtin(status, message.unwrap_or("")),
-    };
+    let body = page_body(service, status, message);
     let mut response = Response::new(ProxyBody::full(body));
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
+}
+
+/// The HTML of the proxy's own page for `status` (the service's custom page when it has one).
+pub(crate) fn page_body(service: Option<&Service>, status: StatusCode, message: Option<&str>) -> Bytes {
+    match service {
+        Some(service) => service.pages.render(status, message),
+        None => super::pages::builtin(status, message.unwrap_or("")),
+    }
 }
 
 /// A response body: the proxy's own (full) or a target's, streamed through while holding its claim.
@@ -624,7 +637,21 @@ struct RequestRecord {
     details: Option<Box<LogDetails>>,
 }
 
-struct LogDetails {
+/// Header values by name (case-insensitive), from a `HeaderMap` or from a head parsed by the fast path, so
+/// both request paths share the access log code.
+pub(crate) trait HeaderLookup {
+    /// The first value of header `name`, if it is valid text.
+    fn first(&self, name: &str) -> Option<&str>;
+}
+
+impl HeaderLookup for HeaderMap {
+    fn first(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// The request's side of an access log line (collected only when the access log is on).
+pub(crate) struct LogDetails {
     path: String,
     query: String,
     method: String,
@@ -634,6 +661,99 @@ struct LogDetails {
     user_agent: String,
     remote_addr: String,
     extra: std::collections::BTreeMap<String, String>,
+}
+
+impl LogDetails {
+    pub(crate) fn new(
+        path: &str,
+        query: &str,
+        method: &str,
+        proto: &'static str,
+        headers: &dyn HeaderLookup,
+        connection: &ConnectionInfo,
+    ) -> LogDetails {
+        let text = |name: &str| headers.first(name).unwrap_or("").to_string();
+        LogDetails {
+            path: path.to_string(),
+            query: query.to_string(),
+            method: method.to_string(),
+            proto,
+            req_content_length: headers.first("content-length").and_then(|v| v.trim().parse().ok()).unwrap_or(0),
+            req_content_type: text("content-type"),
+            user_agent: text("user-agent"),
+            remote_addr: headers
+                .first("x-forwarded-for")
+                .and_then(|v| v.split(',').next())
+                .map(|v| v.trim().to_string())
+                .unwrap_or_else(|| connection.client.ip().to_string()),
+            extra: std::collections::BTreeMap::new(),
+        }
+    }
+
+    /// Keeps `--log-request-header` values (as `req_<name>`, lowercase with `_`, like kamal-proxy).
+    pub(crate) fn note_request_headers(&mut self, names: &[String], headers: &dyn HeaderLookup) {
+        for name in names {
+            if let Some(value) = headers.first(name) {
+                self.extra.insert(format!("req_{}", name.to_ascii_lowercase().replace('-', "_")), value.to_string());
+            }
+        }
+    }
+}
+
+/// What a finished request adds to its access log line.
+pub(crate) struct LogOutcome<'a> {
+    pub host: &'a str,
+    pub request_id: &'a str,
+    pub status: u16,
+    pub service: Option<&'a Service>,
+    pub target: Option<&'a Target>,
+    pub error: Option<&'a str>,
+    pub response_headers: &'a dyn HeaderLookup,
+    pub resp_content_length: u64,
+}
+
+/// Writes one access log line (kamal-proxy's fields).
+pub(crate) fn log_access(details: &LogDetails, connection: &ConnectionInfo, started: Instant, outcome: LogOutcome<'_>) {
+    let time = observability::now_rfc3339();
+    let client_addr = connection.client.ip().to_string();
+    let mut extra = details.extra.clone();
+    if let Some(service) = outcome.service {
+        for name in &service.options.log_response_headers {
+            if let Some(value) = outcome.response_headers.first(name) {
+                extra.insert(format!("resp_{}", name.to_ascii_lowercase().replace('-', "_")), value.to_string());
+            }
+        }
+    }
+    if let Some(error) = outcome.error {
+        extra.insert("error".to_string(), error.to_string());
+    }
+    let line = AccessLogLine {
+        time: &time,
+        level: if outcome.status >= 500 { "WARN" } else { "INFO" },
+        msg: "Request",
+        host: host_without_port(outcome.host),
+        port: connection.local_port,
+        path: &details.path,
+        query: &details.query,
+        method: &details.method,
+        proto: details.proto,
+        scheme: if connection.tls { "https" } else { "http" },
+        request_id: outcome.request_id,
+        status: outcome.status,
+        service: outcome.service.map_or("", |s| s.name.as_str()),
+        target: outcome.target.map_or("", |t| t.address.as_str()),
+        duration: started.elapsed().as_nanos() as u64,
+        req_content_length: details.req_content_length,
+        req_content_type: &details.req_content_type,
+        resp_content_length: outcome.resp_content_length,
+        resp_content_type: outcome.response_headers.first("content-type").unwrap_or(""),
+        client_addr: &client_addr,
+        client_port: connection.client.port(),
+        remote_addr: &details.remote_addr,
+        user_agent: &details.user_agent,
+        extra,
+    };
+    observability::log_request(&line);
 }
 
 impl RequestRecord {
@@ -654,32 +774,14 @@ impl RequestRecord {
                 .unwrap_or(HeaderValue::from_static("")),
         };
         let details = access_log.then(|| {
-            let text =
-                |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-            Box::new(LogDetails {
-                path: request.uri().path().to_string(),
-                query: request.uri().query().unwrap_or("").to_string(),
-                method: request.method().as_str().to_string(),
-                proto: match request.version() {
-                    Version::HTTP_2 => "HTTP/2.0",
-                    Version::HTTP_10 => "HTTP/1.0",
-                    _ => "HTTP/1.1",
-                },
-                req_content_length: headers
-                    .get(header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0),
-                req_content_type: text(header::CONTENT_TYPE),
-                user_agent: text(header::USER_AGENT),
-                remote_addr: headers
-                    .get(&X_FORWARDED_FOR)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.split(',').next())
-                    .map(|v| v.trim().to_string())
-                    .unwrap_or_else(|| connection.client.ip().to_string()),
-                extra: std::collections::BTreeMap::new(),
-            })
+            let proto = match request.version() {
+                Version::HTTP_2 => "HTTP/2.0",
+                Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            };
+            let uri = request.uri();
+            let method = request.method().as_str();
+            Box::new(LogDetails::new(uri.path(), uri.query().unwrap_or(""), method, proto, headers, &connection))
         });
         RequestRecord {
             started,
@@ -698,58 +800,25 @@ impl RequestRecord {
         self.host.to_str().unwrap_or("")
     }
 
-    /// Keeps `--log-request-header` values (as `req_<name>`, lowercase with `_`, like kamal-proxy).
     fn note_request_headers(&mut self, names: &[String], headers: &HeaderMap) {
-        let Some(details) = &mut self.details else { return };
-        for name in names {
-            if let Some(value) = headers.get(name.as_str()).and_then(|v| v.to_str().ok()) {
-                details.extra.insert(format!("req_{}", name.to_ascii_lowercase().replace('-', "_")), value.to_string());
-            }
+        if let Some(details) = &mut self.details {
+            details.note_request_headers(names, headers);
         }
     }
 
     fn log(&self, response: &Response<ProxyBody>) {
         let Some(details) = &self.details else { return };
-        let time = observability::now_rfc3339();
-        let client_addr = self.connection.client.ip().to_string();
-        let mut extra = details.extra.clone();
-        if let Some(service) = &self.service {
-            for name in &service.options.log_response_headers {
-                if let Some(value) = response.headers().get(name.as_str()).and_then(|v| v.to_str().ok()) {
-                    extra.insert(format!("resp_{}", name.to_ascii_lowercase().replace('-', "_")), value.to_string());
-                }
-            }
-        }
-        if let Some(error) = &self.error {
-            extra.insert("error".to_string(), error.clone());
-        }
-        let line = AccessLogLine {
-            time: &time,
-            level: if response.status().is_server_error() { "WARN" } else { "INFO" },
-            msg: "Request",
-            host: host_without_port(self.host()),
-            port: self.connection.local_port,
-            path: &details.path,
-            query: &details.query,
-            method: &details.method,
-            proto: details.proto,
-            scheme: if self.connection.tls { "https" } else { "http" },
+        let outcome = LogOutcome {
+            host: self.host(),
             request_id: self.request_id.to_str().unwrap_or(""),
             status: response.status().as_u16(),
-            service: self.service.as_ref().map_or("", |s| s.name.as_str()),
-            target: self.target.as_ref().map_or("", |t| t.address.as_str()),
-            duration: self.started.elapsed().as_nanos() as u64,
-            req_content_length: details.req_content_length,
-            req_content_type: &details.req_content_type,
+            service: self.service.as_deref(),
+            target: self.target.as_deref(),
+            error: self.error.as_deref(),
+            response_headers: response.headers(),
             resp_content_length: response.body().size_hint().exact().unwrap_or(0),
-            resp_content_type: response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or(""),
-            client_addr: &client_addr,
-            client_port: self.connection.client.port(),
-            remote_addr: &details.remote_addr,
-            user_agent: &details.user_agent,
-            extra,
         };
-        observability::log_request(&line);
+        log_access(details, &self.connection, self.started, outcome);
     }
 }
 
@@ -775,6 +844,12 @@ fn arena_header(text: &[u8]) -> HeaderValue {
 
 /// `t=<milliseconds since the epoch>` (Heroku/New Relic queue-time convention, as kamal-proxy sends it).
 fn request_start_header() -> HeaderValue {
+    let (text, length) = request_start_text();
+    arena_header(&text[..length])
+}
+
+/// The text of an `X-Request-Start` value and its length, without allocating.
+pub(crate) fn request_start_text() -> ([u8; 22], usize) {
     let mut millis = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
     let mut digits = [0u8; 20];
     let mut start = digits.len();
@@ -790,7 +865,7 @@ fn request_start_header() -> HeaderValue {
     text[..2].copy_from_slice(b"t=");
     let length = digits.len() - start;
     text[2..2 + length].copy_from_slice(&digits[start..]);
-    arena_header(&text[..2 + length])
+    (text, 2 + length)
 }
 
 thread_local! {
@@ -808,8 +883,13 @@ fn seed_request_ids() -> (u64, u64) {
     (a, b)
 }
 
-/// A random UUID (version 4 layout) from a per-thread xorshift128+ seeded by the OS; unique, not secret.
+/// A new request id as a header value, carved from the thread's arena.
 fn new_request_id() -> HeaderValue {
+    arena_header(&request_id_text())
+}
+
+/// A random UUID (version 4 layout) from a per-thread xorshift128+ seeded by the OS; unique, not secret.
+pub(crate) fn request_id_text() -> [u8; 36] {
     let (high, low) = REQUEST_ID_STATE.with(|state| {
         let next = || {
             let (mut s1, s0) = state.get();
@@ -833,7 +913,7 @@ fn new_request_id() -> HeaderValue {
         *byte = HEX[((id >> (124 - 4 * nibble)) & 0xF) as usize];
         nibble += 1;
     }
-    arena_header(&text)
+    text
 }
 
 #[cfg(test)]

@@ -156,7 +156,12 @@ pub struct Metrics {
 
 /// The index of a method in [`METHODS`] (unknown methods fold into `OTHER`, capping label cardinality).
 pub fn method_index(method: &http::Method) -> u8 {
-    METHODS.iter().position(|m| *m == method.as_str()).unwrap_or(METHODS.len() - 1) as u8
+    method_index_of(method.as_str())
+}
+
+/// [`method_index`] of a method's name.
+pub fn method_index_of(method: &str) -> u8 {
+    METHODS.iter().position(|m| *m == method).unwrap_or(METHODS.len() - 1) as u8
 }
 
 impl Metrics {

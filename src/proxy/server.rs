@@ -5,6 +5,9 @@
 //! (`SO_REUSEPORT` when there are several), so a request is accepted, proxied and answered on one thread
 //! with no cross-thread wake-ups, and each worker keeps its own upstream connections. The main thread runs
 //! the control plane: the control socket, health checks, state and the metrics endpoint.
+//!
+//! Plain-HTTP connections start on the fast path ([`super::fast_path`]); a connection whose request it does
+//! not handle continues on hyper's HTTP/1 server, as TLS connections always do.
 
 use std::cell::Cell;
 use std::net::{IpAddr, SocketAddr};
@@ -19,6 +22,7 @@ use tokio::sync::watch;
 
 use super::ProxyError;
 use super::control;
+use super::fast_path;
 use super::forward::{ConnectionInfo, Shared, handle};
 use super::observability::{self, Metrics};
 use super::router::Router;
@@ -282,15 +286,17 @@ fn run_worker(
                     let shutdown = shutdown.clone();
                     match kind {
                         ListenerKind::Http => {
-                            tokio::spawn(serve_http1(
-                                stream,
-                                info,
-                                shared,
-                                http1,
-                                shutdown,
-                                config.shutdown_timeout,
-                                guard,
-                            ));
+                            let (idle_timeout, shutdown_timeout) = (config.idle_timeout, config.shutdown_timeout);
+                            tokio::spawn(async move {
+                                let handoff = fast_path::serve(stream, &info, &shared, idle_timeout, &shutdown).await;
+                                if let Some(stream) = handoff {
+                                    // Boxed: hyper's connection state would otherwise enlarge every
+                                    // connection's task, including the fast path's idle ones.
+                                    let hyper =
+                                        serve_http1(stream, info, shared, http1, shutdown, shutdown_timeout, guard);
+                                    Box::pin(hyper).await;
+                                }
+                            });
                         }
                         ListenerKind::Https => {
                             let acceptor = acceptor.clone();

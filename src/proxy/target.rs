@@ -122,6 +122,9 @@ pub struct Target {
     /// Idle keep-alive connections, one list per worker runtime (a connection is driven by the runtime
     /// that opened it, so handing it to another worker would add cross-thread wake-ups).
     pools: Box<[Mutex<Vec<SendRequest<UpstreamBody>>>]>,
+    /// Idle keep-alive sockets of the HTTP/1 fast path, one list per worker: a client connection checks one
+    /// out for one exchange and speaks HTTP/1.1 on it itself (no driver task, no channel in between).
+    streams: Box<[Mutex<Vec<TcpStream>>]>,
     /// The driver tasks of this target's connections: a drain that times out aborts them, which fails
     /// the requests still on them (they answer 504) without any per-request cancellation hook.
     connections: Mutex<Vec<tokio::task::AbortHandle>>,
@@ -162,6 +165,7 @@ impl Target {
             health,
             served: AtomicU64::new(0),
             pools: (0..workers.max(1)).map(|_| Mutex::new(Vec::new())).collect(),
+            streams: (0..workers.max(1)).map(|_| Mutex::new(Vec::new())).collect(),
             connections: Mutex::new(Vec::new()),
             resolved: Mutex::new(None),
         }))
@@ -278,6 +282,37 @@ impl Target {
     pub fn close_idle_connections(&self) {
         for pool in self.pools.iter() {
             pool.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
+        for pool in self.streams.iter() {
+            pool.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
+    }
+
+    /// An idle fast-path socket to this target that has not been closed by the target, if there is one.
+    ///
+    /// The check costs no system call in the common case: tokio knows from epoll whether the socket became
+    /// readable since its last response was read (a short read clears readiness); only then does `try_read`
+    /// look, finding either the target's close (EOF) or stray bytes, and the socket is dropped.
+    pub fn checkout_stream(&self) -> Option<TcpStream> {
+        let pool = &self.streams[worker_index() % self.streams.len()];
+        let mut idle = pool.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(stream) = idle.pop() {
+            match stream.try_read(&mut [0u8; 1]) {
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return Some(stream),
+                _ => continue,
+            }
+        }
+        None
+    }
+
+    /// Returns a fast-path socket whose last response was read completely (and nothing more).
+    pub fn checkin_stream(&self, stream: TcpStream) {
+        if self.closing.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut pool = self.streams[worker_index() % self.streams.len()].lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < MAX_IDLE_PER_WORKER {
+            pool.push(stream);
         }
     }
 
