@@ -8,6 +8,7 @@ pub mod app;
 pub mod build;
 pub mod flows;
 pub mod hooks;
+pub mod image_transfer;
 pub mod inventory;
 pub mod lock;
 pub mod operations;

@@ -188,7 +188,9 @@ pub fn build_secret_names(config: &Config) -> &[String] {
 /// <options> [--no-cache] <context> 2>&1`: build and push in one step. `context` is the build context
 /// directory (`builder.context`, default `.`), or `-` for a tar on stdin (see [`push_from_git_archive`]).
 pub fn push(config: &Config, version: &str, local_arch: &str, no_cache: bool, context: &str) -> Cmd {
-    let mut cmd = docker().args(["buildx", "build", "--output=type=registry"]);
+    // Local registry mode: berth sends the image to the hosts itself (see `load`), so it stays in this engine.
+    let output = if config.registry.is_local() { "--load" } else { "--output=type=registry" };
+    let mut cmd = docker().args(["buildx", "build", output]);
     if let Some(platform) = platform(&arches(config)) {
         cmd = cmd.arg("--platform").arg(platform);
     }
@@ -332,6 +334,22 @@ pub fn remote_build_push(config: &Config, version: &str, no_cache: bool, how: &R
             cmd.arg("-").raw("2>&1")
         }
     }
+}
+
+/// `docker image inspect --format '{{.Id}}' <image:version>`: which image a tag names (empty output and a
+/// failure when the engine lacks it).
+pub fn image_id(config: &Config, version: &str) -> Cmd {
+    docker().args(["image", "inspect", "--format", "{{.Id}}"]).arg(names::image(config, version))
+}
+
+/// `docker save --output <file> <image:version>`: the image as a tar, on the deployer (local registry mode).
+pub fn save(config: &Config, version: &str, file: &str) -> Cmd {
+    docker().args(["save", "--output"]).arg(file).arg(names::image(config, version))
+}
+
+/// On a host: `docker load --quiet`, the image tar on stdin (local registry mode, instead of a pull).
+pub fn load() -> Cmd {
+    docker().args(["load", "--quiet"])
 }
 
 /// `docker --version && docker buildx version`: the deployer can build.
@@ -537,6 +555,24 @@ mod tests {
             remote_multiarch_builder().script(),
             "docker buildx inspect berth-multiarch-docker-container >/dev/null 2>&1 || docker buildx create --name berth-multiarch-docker-container --driver=docker-container"
         );
+    }
+
+    #[test]
+    fn local_registry_builds_stay_in_the_engine_and_travel_by_save_and_load() {
+        let config = builder_config("  arch: amd64\n", LOCAL_REGISTRY);
+        assert_eq!(
+            push(&config, "123", "amd64", false, ".").script(),
+            "docker buildx build --load --platform linux/amd64 --builder kamal-local-registry-docker-container -t localhost:5000/dhh/app:123 -t localhost:5000/dhh/app:latest --label service=\"app\" --file Dockerfile . 2>&1"
+        );
+        assert_eq!(
+            image_id(&config, "123").script(),
+            "docker image inspect --format '{{.Id}}' localhost:5000/dhh/app:123"
+        );
+        assert_eq!(
+            save(&config, "123", "/tmp/berth-image-1.tar").script(),
+            "docker save --output /tmp/berth-image-1.tar localhost:5000/dhh/app:123"
+        );
+        assert_eq!(super::load().script(), "docker load --quiet");
     }
 
     #[test]

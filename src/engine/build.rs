@@ -23,6 +23,23 @@ impl Engine {
             other => other,
         };
         self.run_hook("pre-build", &[]).await?;
+        if config.registry.is_local() {
+            // The image goes from this engine to each host with `docker save`/`docker load` (see `image_transfer`).
+            if builder.remote.is_some()
+                && commands::builder::kind(config, local_arch) != commands::builder::BuilderKind::Local
+            {
+                return Err(EngineError::Refused(format!(
+                    "registry.server {} (local registry mode) with builder.remote: berth sends images from the local Docker engine to the hosts, so build locally (remove builder.remote or set builder.local: true with your local arch), or use a real registry",
+                    config.registry.server.as_deref().unwrap_or_default()
+                )));
+            }
+            if commands::builder::arches(config).len() > 1 {
+                return Err(EngineError::Refused(format!(
+                    "local registry mode sends one image to the hosts, but builder.arch asks for {}: build the hosts' architecture only, or use a real registry",
+                    commands::builder::arches(config).join(", ")
+                )));
+            }
+        }
         // Every arch on an `ssh://` remote builder: berth drives it over its own SSH connection. A hybrid build
         // (some arches here, some there) needs one buildx builder with both nodes: Kamal's way, below.
         if commands::builder::kind(config, local_arch) == commands::builder::BuilderKind::Remote
@@ -85,12 +102,16 @@ impl Engine {
             }
             (false, Some((repository, tree))) => {
                 commands::builder::classic_build_from_git_archive(config, version, no_cache, repository, tree)
-                    .and(commands::builder::push_tags(config, version))
             }
             (false, None) => {
                 commands::builder::classic_build(config, version, no_cache, commands::builder::context(config))
-                    .and(commands::builder::push_tags(config, version))
             }
+        };
+        // The classic builder only builds: push unless the image stays here (local registry mode).
+        let build = if has_buildx || config.registry.is_local() {
+            build
+        } else {
+            build.and(commands::builder::push_tags(config, version))
         };
         self.sink().emit(Event::Command { host: None, text: build.to_string() });
         // `--secret id=NAME` reads NAME from the build's environment (Kamal exports `builder.secrets` there).
@@ -104,7 +125,11 @@ impl Engine {
         self.local_with_env(build.script(), None, &build_env).await?;
         self.sink().emit(Event::Step {
             host: None,
-            text: format!("Built and pushed {image}"),
+            text: if config.registry.is_local() {
+                format!("Built {image}")
+            } else {
+                format!("Built and pushed {image}")
+            },
             elapsed: started.elapsed(),
             ok: true,
         });
@@ -122,7 +147,7 @@ impl Engine {
     }
 
     /// Runs a shell command on the deployer in the project root; its output lines go to the sink.
-    async fn local(&self, script: &str, stdin: Option<&[u8]>) -> Result<String, EngineError> {
+    pub(super) async fn local(&self, script: &str, stdin: Option<&[u8]>) -> Result<String, EngineError> {
         self.local_with_env(script, stdin, &[]).await
     }
 

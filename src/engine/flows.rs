@@ -99,8 +99,12 @@ impl Engine {
         self.unless_cancelled(self.pull_image()).await
     }
 
-    /// `build pull`: log in and pull the app image on every app host in parallel, and check its `service` label.
+    /// `build pull`: log in and pull the app image on every app host in parallel, and check its `service` label
+    /// (local registry mode: send it from the local engine instead).
     pub async fn pull_image(&self) -> Result<(), EngineError> {
+        if self.config.registry.is_local() {
+            return self.send_image_to_hosts().await;
+        }
         let hosts = self.selection.app_hosts(&self.config);
         let image = names::image(&self.config, &self.config.version);
         let login = self.registry_login_cmd().await?;

@@ -594,6 +594,40 @@ fn builder_remote_builds_on_the_builder_over_ssh() {
     assert!(!out.stderr.contains(SECRET_TOKEN) && !out.stdout.contains(SECRET_TOKEN));
 }
 
+#[test]
+fn local_registry_mode_sends_the_image_over_ssh_without_a_registry() {
+    let bench = Bench::start(2);
+    let (ip1, ip2) = (bench.host(1).ip.clone(), bench.host(2).ip.clone());
+    let config = format!(
+        "service: app\nimage: berth-test-app\nregistry:\n  server: localhost:5555\nservers:\n  - {ip1}\n  - {ip2}\n\
+         env:\n  secret:\n    - SECRET_TOKEN\nbuilder:\n  arch: amd64\nssh:\n  user: {}\ndeploy_timeout: 10\n",
+        bench.ssh_user()
+    );
+    let mut d = Deployment::new(bench, &config);
+    let (h1, h2) = (d.host(1).clone(), d.host(2).clone());
+    // The deployer's "local" engine is host 1's: it builds there, so host 1 already holds the image.
+    d.project.env.insert("DOCKER_HOST".into(), h1.docker_host.clone());
+    let sha = commit_test_app_project(&mut d);
+
+    let out = d.berth(&["setup"]);
+    let image = format!("localhost:5555/berth-test-app:{sha}");
+    let shown = out.ok();
+    assert!(shown.contains(&format!("Built {image}")), "{shown}");
+    assert!(shown.contains(&format!("[{ip1}] {image} is already here")), "{shown}");
+    assert!(shown.contains(&format!("[{ip2}] Sent {image}")), "{shown}");
+    for host in [&h1, &h2] {
+        assert_eq!(d.version_served(host), "built");
+    }
+    // Nothing listens on localhost:5555 anywhere: the hosts never pulled.
+    let pulled =
+        d.bench.ssh(&h2, "docker image inspect --format '{{.RepoDigests}}' localhost:5555/berth-test-app:latest");
+    assert_eq!(String::from_utf8_lossy(&pulled.stdout).trim(), "[]", "a loaded image has no registry digest");
+
+    // -P with an image this engine lacks says what to do.
+    let out = d.berth(&["deploy", "-P", "--version", "v-missing"]);
+    assert!(out.err().contains("is not in the local Docker engine"), "{}", out.stderr);
+}
+
 /// Makes the project a git repository whose committed tree builds the test app (`APP_VERSION=built`), with an
 /// uncommitted Dockerfile that would break the build if it reached it; returns the commit.
 fn commit_test_app_project(d: &mut Deployment) -> String {

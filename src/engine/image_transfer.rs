@@ -1,0 +1,110 @@
+//! Local registry mode (`registry.server: localhost:PORT`, Kamal 2.8+): instead of running a registry container
+//! on the deployer and tunnelling each host's `localhost:PORT` back to it, berth saves the image from the local
+//! Docker engine once and streams it into `docker load` on every host that lacks it, over the SSH connection it
+//! already has. The image keeps its `localhost:PORT/…` name, so containers, `latest` tags and prune are exactly
+//! Kamal's; no registry, port or tunnel is involved.
+
+use std::time::Instant;
+
+use super::remote::on_hosts;
+use super::{Engine, EngineError};
+use crate::commands::{self, names};
+
+impl Engine {
+    /// `build pull` in local registry mode: the image from the local engine to every app host without it.
+    pub(super) async fn send_image_to_hosts(&self) -> Result<(), EngineError> {
+        let config = &self.config;
+        let version = &config.version;
+        let image = names::image(config, version);
+        let local_id = match self.local(commands::builder::image_id(config, version).script(), None).await {
+            Ok(id) => id.trim().to_string(),
+            Err(_) => {
+                return Err(EngineError::Refused(format!(
+                    "{image} is not in the local Docker engine (registry.server {} is local registry mode: berth sends the image from here): build it with `berth build push`, or deploy without -P",
+                    config.registry.server.as_deref().unwrap_or_default()
+                )));
+            }
+        };
+        let hosts = self.selection.app_hosts(config);
+        let archive = ImageArchive::new();
+        let result = self
+            .stage(&format!("Send {image}"), hosts.len(), async {
+                let mut missing = Vec::new();
+                // Hosts that already hold this exact image (e.g. a redeploy) are skipped without a transfer.
+                let present = on_hosts(&hosts, |host| {
+                    let check = commands::builder::image_id(config, version);
+                    async move { Ok(self.remote().run_unchecked(&host, &check).await?.stdout.trim().to_string()) }
+                })
+                .await?;
+                for (host, id) in hosts.iter().zip(present) {
+                    if id == local_id {
+                        self.remote().report(host, &format!("{image} is already here"), Instant::now(), true);
+                    } else {
+                        missing.push(host.clone());
+                    }
+                }
+                if !missing.is_empty() {
+                    let started = Instant::now();
+                    self.local(commands::builder::save(config, version, &archive.path_text()).script(), None).await?;
+                    self.sink().emit(super::output::Event::Step {
+                        host: None,
+                        text: format!("Saved {image} ({})", archive.size_text()),
+                        elapsed: started.elapsed(),
+                        ok: true,
+                    });
+                }
+                on_hosts(&missing, |host| {
+                    let path = archive.path.clone();
+                    let image = &image;
+                    async move {
+                        let started = Instant::now();
+                        let message = format!("Pulled image with version {version}");
+                        let audit =
+                            commands::auditor::record(config, &super::now_iso8601(), &self.performer, &[], &message);
+                        let load = audit
+                            .and(commands::builder::load())
+                            .and(commands::builder::validate_image(config, version));
+                        let file = tokio::fs::File::open(&path).await.map_err(|source| EngineError::Local {
+                            what: format!("reading {}", path.display()),
+                            source,
+                        })?;
+                        self.remote().run_with_stdin_stream(&host, &load, file).await?;
+                        self.remote().report(&host, &format!("Sent {image}"), started, true);
+                        Ok(())
+                    }
+                })
+                .await?;
+                Ok(())
+            })
+            .await;
+        drop(archive);
+        result
+    }
+}
+
+/// The temporary file an image is saved to, removed when this is dropped (also after a failure or Ctrl-C).
+struct ImageArchive {
+    path: std::path::PathBuf,
+}
+
+impl ImageArchive {
+    fn new() -> ImageArchive {
+        let name = format!("berth-image-{}.tar", super::app::random_hex(8));
+        ImageArchive { path: std::env::temp_dir().join(name) }
+    }
+
+    fn path_text(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn size_text(&self) -> String {
+        let bytes = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+        format!("{:.1} MB", bytes as f64 / 1_000_000.0)
+    }
+}
+
+impl Drop for ImageArchive {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
