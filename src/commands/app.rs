@@ -138,11 +138,27 @@ pub fn filters(config: &Config, role: Option<&Role>, statuses: &[&str]) -> Vec<S
 /// The `docker ps` template of [`inventory`]: name, id, state, image reference and role, tab-separated.
 pub const INVENTORY_FORMAT: &str = "{{.Names}}\t{{.ID}}\t{{.State}}\t{{.Image}}\t{{.Label \"role\"}}";
 
+/// The line in [`inventory`]'s output after which come the ids of the containers made from the `latest` image.
+pub const INVENTORY_FROM_LATEST: &str = "# made from latest:";
+
 /// Every container of the app (this destination, all roles, any state), newest first, one per line in
-/// [`INVENTORY_FORMAT`]: one `docker` call from which the engine reads the running version, the clash with a
-/// same-named container, what to stop and what to prune (Kamal spends a call on each).
+/// [`INVENTORY_FORMAT`]; then [`INVENTORY_FROM_LATEST`] and the ids of those made from the image tagged
+/// `latest` (Kamal prefers them for the current version). One SSH command from which the engine reads the
+/// running version, the clash with a same-named container, what to stop and what to prune (Kamal spends a
+/// call on each).
 pub fn inventory(config: &Config) -> Cmd {
-    with_filters(docker().args(["ps", "--all"]), &filters(config, None, &[])).args(["--format", INVENTORY_FORMAT])
+    let app_filters = filters(config, None, &[]);
+    let all = with_filters(docker().args(["ps", "--all"]), &app_filters).args(["--format", INVENTORY_FORMAT]);
+    let latest_image_id = docker()
+        .args(["image", "ls", "--filter"])
+        .arg(format!("reference={}", names::latest_image(config)))
+        .args(["--format", "{{.ID}}"]);
+    // No `latest` yet (a first deploy): the filter is refused, and no container is from it.
+    let from_latest = with_filters(docker().args(["ps", "--all", "--quiet"]), &app_filters)
+        .raw(format!("--filter ancestor=$({}) 2>/dev/null", latest_image_id.script()))
+        .or(Cmd::new("true"))
+        .in_subshell();
+    all.and(Cmd::new("echo").arg(INVENTORY_FROM_LATEST)).and(from_latest)
 }
 
 /// `docker stop [-t N] <ids…>`.
@@ -480,7 +496,9 @@ mod tests {
         assert_eq!(
             inventory(&config).script(),
             "docker ps --all --filter label=service=app --filter label=destination= --format \
-             '{{.Names}}\t{{.ID}}\t{{.State}}\t{{.Image}}\t{{.Label \"role\"}}'"
+             '{{.Names}}\t{{.ID}}\t{{.State}}\t{{.Image}}\t{{.Label \"role\"}}' && echo '# made from latest:' && \
+             sh -c 'docker ps --all --quiet --filter label=service=app --filter label=destination= --filter \
+             ancestor=$(docker image ls --filter reference=dhh/app:latest --format '\\''{{.ID}}'\\'') 2>/dev/null || true'"
         );
         let ids = ["a1".to_string(), "b2".to_string()];
         assert_eq!(stop_containers(&ids, Some(7)).script(), "docker stop -t 7 a1 b2");

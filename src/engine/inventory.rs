@@ -30,12 +30,18 @@ impl Container {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Inventory {
     pub containers: Vec<Container>,
+    /// Ids of the containers made from the image tagged `latest`.
+    pub from_latest: BTreeSet<String>,
 }
 
 impl Inventory {
-    /// Reads `commands::app::INVENTORY_FORMAT` lines.
+    /// Reads `commands::app::inventory`'s output: `INVENTORY_FORMAT` lines, then the ids made from `latest`.
     pub fn parse(text: &str) -> Inventory {
-        let containers = text
+        let (listing, from_latest) = match text.split_once(crate::commands::app::INVENTORY_FROM_LATEST) {
+            Some((listing, ids)) => (listing, ids.split_whitespace().map(str::to_string).collect()),
+            None => (text, BTreeSet::new()),
+        };
+        let containers = listing
             .lines()
             .filter_map(|line| {
                 let mut fields = line.split('\t');
@@ -49,7 +55,7 @@ impl Inventory {
             })
             .filter(|container| !container.name.is_empty())
             .collect();
-        Inventory { containers }
+        Inventory { containers, from_latest }
     }
 
     /// Running containers of `role`, newest first.
@@ -57,9 +63,13 @@ impl Inventory {
         self.containers.iter().filter(move |container| container.role == role && container.is_running())
     }
 
-    /// The version `role` runs (the newest running container's name without `prefix-`) and that container.
+    /// The version `role` runs and that container: as Kamal decides, the newest running container made from
+    /// the image tagged `latest`, else the newest running one; the version is its name without `prefix-`.
     pub fn running_version<'a>(&'a self, role: &'a str, prefix: &str) -> Option<(String, &'a Container)> {
-        let container = self.running(role).next()?;
+        let container = self
+            .running(role)
+            .find(|container| self.from_latest.contains(&container.id))
+            .or_else(|| self.running(role).next())?;
         let version = container.name.strip_prefix(prefix)?.strip_prefix('-')?;
         Some((version.to_string(), container))
     }
@@ -126,6 +136,21 @@ mod tests {
         assert_eq!(inventory.running_version("web-api", "app-web-api").unwrap().0, "v9", "roles apart by label");
         assert_eq!(inventory.running_version("db", "app-db"), None);
         assert!(inventory.named("app-web-v2").is_some());
+    }
+
+    #[test]
+    fn a_running_container_of_the_latest_image_is_preferred_as_kamal_does() {
+        // v4 runs too (left by a deploy that never tagged it latest): v3, from `latest`, is the current version.
+        let listing = format!(
+            "app-web-v4\tc4\trunning\tr/app:v4\tweb\n{LISTING}{}\nc3\nc2\n",
+            crate::commands::app::INVENTORY_FROM_LATEST
+        );
+        let inventory = Inventory::parse(&listing);
+        assert_eq!(inventory.containers.len(), 7, "the id lines are not containers");
+        assert_eq!(inventory.running_version("web", "app-web").unwrap().0, "v3");
+        let without_latest = format!("{}\n", crate::commands::app::INVENTORY_FROM_LATEST);
+        let inventory = Inventory::parse(&format!("app-web-v4\tc4\trunning\tr/app:v4\tweb\n{LISTING}{without_latest}"));
+        assert_eq!(inventory.running_version("web", "app-web").unwrap().0, "v4", "else the newest running one");
     }
 
     #[test]
