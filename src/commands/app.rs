@@ -142,10 +142,11 @@ pub const INVENTORY_FORMAT: &str = "{{.Names}}\t{{.ID}}\t{{.State}}\t{{.Image}}\
 pub const INVENTORY_FROM_LATEST: &str = "# made from latest:";
 
 /// Every container of the app (this destination, all roles, any state), newest first, one per line in
-/// [`INVENTORY_FORMAT`]; then [`INVENTORY_FROM_LATEST`] and the ids of those made from the image tagged
-/// `latest` (Kamal prefers them for the current version). One SSH command from which the engine reads the
-/// running version, the clash with a same-named container, what to stop and what to prune (Kamal spends a
-/// call on each).
+/// [`INVENTORY_FORMAT`]; then [`INVENTORY_FROM_LATEST`] and, when some role runs more than one container, the
+/// ids of the containers made from the image tagged `latest` (Kamal prefers those for the current version).
+/// One SSH command from which the engine reads the running version, the clash with a same-named container,
+/// what to stop and what to prune (Kamal spends a call on each); the second `docker` call is made only in the
+/// rare case that needs it.
 pub fn inventory(config: &Config) -> Cmd {
     let app_filters = filters(config, None, &[]);
     let all = with_filters(docker().args(["ps", "--all"]), &app_filters).args(["--format", INVENTORY_FORMAT]);
@@ -155,10 +156,14 @@ pub fn inventory(config: &Config) -> Cmd {
         .args(["--format", "{{.ID}}"]);
     // No `latest` yet (a first deploy): the filter is refused, and no container is from it.
     let from_latest = with_filters(docker().args(["ps", "--all", "--quiet"]), &app_filters)
-        .raw(format!("--filter ancestor=$({}) 2>/dev/null", latest_image_id.script()))
-        .or(Cmd::new("true"))
-        .in_subshell();
-    all.and(Cmd::new("echo").arg(INVENTORY_FROM_LATEST)).and(from_latest)
+        .raw(format!("--filter ancestor=$({}) 2>/dev/null", latest_image_id.script()));
+    let some_role_runs_twice = "printf '%s\\n' \"$listing\" | awk -F '\\t' '$3 == \"running\" || $3 == \"restarting\" { print $5 }' | sort | uniq -d | grep -q .";
+    Cmd::raw_script(format!(
+        "listing=$({}) && printf '%s\\n' \"$listing\" && echo {} && if {some_role_runs_twice}; then {} || true; fi",
+        all.script(),
+        quote(INVENTORY_FROM_LATEST),
+        from_latest.script()
+    ))
 }
 
 /// `docker stop [-t N] <ids…>`.
@@ -493,16 +498,56 @@ mod tests {
     #[test]
     fn inventory_lists_every_container_of_the_app_with_its_role() {
         let config = config("servers: [1.1.1.1]\n");
-        assert_eq!(
-            inventory(&config).script(),
-            "docker ps --all --filter label=service=app --filter label=destination= --format \
-             '{{.Names}}\t{{.ID}}\t{{.State}}\t{{.Image}}\t{{.Label \"role\"}}' && echo '# made from latest:' && \
-             sh -c 'docker ps --all --quiet --filter label=service=app --filter label=destination= --filter \
-             ancestor=$(docker image ls --filter reference=dhh/app:latest --format '\\''{{.ID}}'\\'') 2>/dev/null || true'"
+        let script = inventory(&config).script().to_string();
+        assert!(
+            script.starts_with(
+                "listing=$(docker ps --all --filter label=service=app --filter label=destination= --format \
+                 '{{.Names}}\t{{.ID}}\t{{.State}}\t{{.Image}}\t{{.Label \"role\"}}') && "
+            ),
+            "{script}"
         );
+        assert!(script.contains("--filter ancestor=$(docker image ls --filter reference=dhh/app:latest"), "{script}");
         let ids = ["a1".to_string(), "b2".to_string()];
         assert_eq!(stop_containers(&ids, Some(7)).script(), "docker stop -t 7 a1 b2");
         assert_eq!(remove_containers_by_id(&ids).script(), "docker rm a1 b2");
+    }
+
+    /// The inventory script run by `sh` against a stand-in `docker` that answers from canned listings and
+    /// records its calls: the `latest` query is made only when some role runs two containers.
+    #[test]
+    fn inventory_asks_for_the_latest_image_only_when_a_role_runs_twice() {
+        let config = config("servers: [1.1.1.1]\n");
+        let run = |listing: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            let fake = format!(
+                "#!/bin/sh\necho \"$*\" >> {calls}\ncase \"$*\" in\n  *--quiet*ancestor=img3*) echo c3 ;;\n  \
+                 image\\ ls*) echo img3 ;;\n  ps\\ --all*) printf '{listing}' ;;\nesac\n",
+                calls = dir.path().join("calls").display()
+            );
+            let docker = dir.path().join("docker");
+            std::fs::write(&docker, fake).unwrap();
+            std::fs::set_permissions(&docker, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+            let out = std::process::Command::new("sh")
+                .args(["-c", inventory(&config).script()])
+                .env("PATH", format!("{}:/usr/bin:/bin", dir.path().display()))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let calls = std::fs::read_to_string(dir.path().join("calls")).unwrap();
+            (String::from_utf8_lossy(&out.stdout).into_owned(), calls.lines().count())
+        };
+        let two_web = "app-web-v4\\tc4\\trunning\\tr/app:v4\\tweb\\napp-web-v3\\tc3\\trunning\\tr/app:v3\\tweb\\n";
+        let (output, calls) = run(two_web);
+        assert_eq!(
+            output,
+            "app-web-v4\tc4\trunning\tr/app:v4\tweb\napp-web-v3\tc3\trunning\tr/app:v3\tweb\n# made from latest:\nc3\n"
+        );
+        assert_eq!(calls, 3, "ps, image ls, ps --quiet");
+        let one_each = "app-web-v4\\tc4\\trunning\\tr/app:v4\\tweb\\napp-web-v3\\tc3\\texited\\tr/app:v3\\tweb\\n\
+                        app-workers-v4\\tw4\\trunning\\tr/app:v4\\tworkers\\n";
+        let (output, calls) = run(one_each);
+        assert!(output.ends_with("# made from latest:\n"), "{output}");
+        assert_eq!(calls, 1, "only the listing");
     }
 
     #[test]
