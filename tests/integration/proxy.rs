@@ -245,6 +245,20 @@ async fn backend_answer(
         .filter_map(|kv| kv.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
+    if path == "/echo" {
+        // The body back, and how the proxy framed the request to the target.
+        let headers = request.headers();
+        let text = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("").to_string());
+        let framing = text("transfer-encoding")
+            .or_else(|| text("content-length").map(|length| format!("length {length}")))
+            .unwrap_or_default();
+        let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        return Ok(Response::builder()
+            .header("x-backend", name)
+            .header("x-request-framing", framing)
+            .body(Full::new(body).boxed())
+            .unwrap());
+    }
     if request.headers().contains_key(http::header::UPGRADE) {
         let upgrade = hyper::upgrade::on(&mut request);
         tokio::spawn(async move {
@@ -1074,4 +1088,226 @@ async fn requests_past_the_drain_timeout_are_cut_with_504() {
     let answer = tokio::time::timeout(Duration::from_secs(2), slow).await.expect("cut promptly").unwrap();
     assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(get(proxy.http_port, "a", "/").await.body, "new");
+}
+
+/// A target speaking raw HTTP/1.1 from a script, for answers hyper does not produce: a 103 before the final
+/// response, a body that ends when the connection closes, bodiless answers carrying a length.
+async fn start_raw_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                loop {
+                    let Some(end) = find(&pending, b"\r\n\r\n") else {
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => pending.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&pending[..end]).to_string();
+                    pending.drain(..end + 4);
+                    let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+                    let answer: &[u8] = match path.as_str() {
+                        "/up" => b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+                        "/head" => b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n",
+                        "/no-content" => b"HTTP/1.1 204 No Content\r\n\r\n",
+                        "/not-modified" => b"HTTP/1.1 304 Not Modified\r\ncontent-length: 10\r\netag: \"v1\"\r\n\r\n",
+                        "/early-hints" => {
+                            b"HTTP/1.1 103 Early Hints\r\nlink: </app.css>; rel=preload\r\n\r\n\
+                                            HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfinal"
+                        }
+                        "/chunked" => {
+                            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+                                        5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+                        }
+                        "/until-close" => b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nstreamed until close",
+                        _ => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+                    };
+                    if stream.write_all(answer).await.is_err() || path == "/until-close" {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+async fn read_more(stream: &mut TcpStream, pending: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 16 * 1024];
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk)).await.expect("an answer in time");
+    let n = read.expect("read");
+    pending.extend_from_slice(&chunk[..n]);
+    n > 0
+}
+
+/// A response as a client sees it on the wire.
+struct RawAnswer {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+}
+
+/// Reads one response from a raw connection (`pending` keeps what was read past it).
+async fn read_raw_response(stream: &mut TcpStream, pending: &mut Vec<u8>, head_request: bool) -> RawAnswer {
+    let head_end = loop {
+        if let Some(end) = find(pending, b"\r\n\r\n") {
+            break end + 4;
+        }
+        assert!(read_more(stream, pending).await, "connection closed before a response head");
+    };
+    let head = String::from_utf8(pending[..head_end].to_vec()).unwrap();
+    pending.drain(..head_end);
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    assert!(status_line.starts_with("HTTP/1.1 "), "{status_line}");
+    let status: u16 = status_line[9..12].parse().unwrap();
+    let headers: HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = Vec::new();
+    if head_request || status < 200 || status == 204 || status == 304 {
+        return RawAnswer { status, headers, body };
+    }
+    if headers.get("transfer-encoding").is_some_and(|te| te == "chunked") {
+        loop {
+            let line_end = loop {
+                if let Some(end) = find(pending, b"\r\n") {
+                    break end;
+                }
+                assert!(read_more(stream, pending).await, "connection closed mid-chunk");
+            };
+            let line = String::from_utf8(pending[..line_end].to_vec()).unwrap();
+            let size = usize::from_str_radix(line.split(';').next().unwrap().trim(), 16).unwrap();
+            pending.drain(..line_end + 2);
+            while pending.len() < size + 2 {
+                assert!(read_more(stream, pending).await, "connection closed mid-chunk");
+            }
+            body.extend_from_slice(&pending[..size]);
+            assert_eq!(&pending[size..size + 2], b"\r\n");
+            pending.drain(..size + 2);
+            if size == 0 {
+                break;
+            }
+        }
+    } else {
+        let length: usize = headers.get("content-length").expect("a length or chunks").parse().unwrap();
+        while pending.len() < length {
+            assert!(read_more(stream, pending).await, "connection closed mid-body");
+        }
+        body.extend(pending.drain(..length));
+    }
+    RawAnswer { status, headers, body }
+}
+
+/// The plain-HTTP fast path, seen from a client: request bodies by length and chunked, pipelined requests,
+/// responses that are chunked, run until the target closes, have no body (HEAD, 204, 304) or follow a 103;
+/// a connection that moves to the hyper path mid-way; a client that leaves mid-body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_fast_path_frames_bodies_pipelines_and_hands_over() {
+    let mut proxy = Proxy::start();
+    let app = Backend::start("app").await;
+    let raw = start_raw_backend().await;
+    proxy.ctl_ok(&["deploy", "app", &app.target(), "--host=app.test"]).await;
+    proxy.ctl_ok(&["deploy", "raw", &format!("--target={raw}"), "--host=raw.test"]).await;
+
+    // Three requests in one write: a sized body, a chunked body (forwarded chunked), no body.
+    let mut stream = TcpStream::connect(("127.0.0.1", proxy.http_port)).await.unwrap();
+    stream
+        .write_all(
+            b"POST /echo HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5\r\n\r\nhello\
+              POST /echo HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n\
+              3\r\nabc\r\n4;ext=1\r\ndefg\r\n0\r\n\r\n\
+              GET /hi HTTP/1.1\r\nHost: app.test\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut pending = Vec::new();
+    let answer = read_raw_response(&mut stream, &mut pending, false).await;
+    assert_eq!((answer.status, answer.body.as_slice()), (200, &b"hello"[..]));
+    assert_eq!(answer.headers["x-request-framing"], "length 5");
+    assert!(answer.headers.contains_key("date"));
+    let answer = read_raw_response(&mut stream, &mut pending, false).await;
+    assert_eq!((answer.status, answer.body.as_slice()), (200, &b"abcdefg"[..]));
+    assert_eq!(answer.headers["x-request-framing"], "chunked");
+    let answer = read_raw_response(&mut stream, &mut pending, false).await;
+    assert_eq!((answer.status, answer.body.as_slice()), (200, &b"app"[..]));
+
+    // A body larger than any buffer, both ways.
+    let big = Bytes::from(vec![b'x'; 3 << 20]);
+    let request = Request::post("/echo").header("host", "app.test").body(Full::new(big.clone())).unwrap();
+    let answer = Client::new(proxy.http_port).send(request).await.unwrap();
+    assert_eq!((answer.status, answer.body.len()), (StatusCode::OK, big.len()));
+
+    // Answers without a body, after an interim 103, chunked, and until the target closes (re-chunked, so the
+    // client connection stays usable).
+    let mut stream = TcpStream::connect(("127.0.0.1", proxy.http_port)).await.unwrap();
+    stream
+        .write_all(
+            b"HEAD /head HTTP/1.1\r\nHost: raw.test\r\n\r\n\
+              GET /no-content HTTP/1.1\r\nHost: raw.test\r\n\r\n\
+              GET /not-modified HTTP/1.1\r\nHost: raw.test\r\n\r\n\
+              GET /early-hints HTTP/1.1\r\nHost: raw.test\r\n\r\n\
+              GET /chunked HTTP/1.1\r\nHost: raw.test\r\n\r\n\
+              GET /until-close HTTP/1.1\r\nHost: raw.test\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut pending = Vec::new();
+    let answer = read_raw_response(&mut stream, &mut pending, true).await;
+    assert_eq!((answer.status, answer.headers["content-length"].as_str()), (200, "10"));
+    let answer = read_raw_response(&mut stream, &mut pending, false).await;
+    assert_eq!(answer.status, 204);
+    let answer = read_raw_response(&mut stream, &mut pending, false).await;
+    assert_eq!((answer.status, answer.headers["etag"].as_str()), (304, "\"v1\""));
+    let answer = read_raw_response(&mut stream, &mut pending, false).await;
+    assert_eq!((answer.status, answer.headers["link"].as_str()), (103, "</app.css>; rel=preload"));
+    let answer = read_raw_response(&mut stream, &mut pending, false).await;
+    assert_eq!((answer.status, answer.body.as_slice()), (200, &b"final"[..]));
+    let answer = read_raw_response(&mut stream, &mut pending, false).await;
+    assert_eq!((answer.status, answer.body.as_slice()), (200, &b"hello world"[..]));
+    let answer = read_raw_response(&mut stream, &mut pending, false).await;
+    assert_eq!((answer.status, answer.body.as_slice()), (200, &b"streamed until close"[..]));
+    assert_eq!(answer.headers["transfer-encoding"], "chunked");
+    assert!(pending.is_empty(), "nothing after the last response");
+    stream.write_all(b"GET /hi HTTP/1.1\r\nHost: app.test\r\n\r\n").await.unwrap();
+    assert_eq!(read_raw_response(&mut stream, &mut pending, false).await.body, b"app");
+
+    // A request the fast path leaves to hyper (no service for the host: hyper's 404 page) hands the
+    // connection over with the pipelined request after it, which hyper then serves.
+    let mut stream = TcpStream::connect(("127.0.0.1", proxy.http_port)).await.unwrap();
+    stream
+        .write_all(
+            b"GET /hi HTTP/1.1\r\nHost: app.test\r\n\r\n\
+              GET /hi HTTP/1.1\r\nHost: nowhere.test\r\n\r\n\
+              GET /hi HTTP/1.1\r\nHost: app.test\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut pending = Vec::new();
+    assert_eq!(read_raw_response(&mut stream, &mut pending, false).await.body, b"app");
+    assert_eq!(read_raw_response(&mut stream, &mut pending, false).await.status, 404);
+    assert_eq!(read_raw_response(&mut stream, &mut pending, false).await.body, b"app");
+
+    // A client that leaves mid-body: the exchange is logged as failed, and the proxy serves on.
+    let mut stream = TcpStream::connect(("127.0.0.1", proxy.http_port)).await.unwrap();
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: app.test\r\nX-Request-ID: leaver\r\nContent-Length: 100000\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    drop(stream);
+    let line = proxy.wait_for_log(|l| l["request_id"] == "leaver", Duration::from_secs(5));
+    assert_eq!(line["status"], 502);
+    assert!(line["error"].as_str().is_some_and(|e| e.contains("mid-body")), "{line}");
+    assert_eq!(get(proxy.http_port, "app.test", "/hi").await.body, "app");
 }
