@@ -116,6 +116,8 @@ struct Exchange {
     started: Instant,
     method: u8,
     head_request: bool,
+    /// GET, HEAD, OPTIONS or TRACE: safe to send again if a pooled connection fails before any answer.
+    idempotent: bool,
     head_len: usize,
     framing: Framing,
     /// The client asked to close the connection after this exchange.
@@ -207,6 +209,7 @@ fn prepare(shared: &Shared, info: &ConnectionInfo, input: &[u8], out: &mut Vec<u
         started: Instant::now(),
         method: method_index_of(head.method),
         head_request: head.method == "HEAD",
+        idempotent: matches!(head.method, "GET" | "HEAD" | "OPTIONS" | "TRACE"),
         head_len: head.head_len,
         framing: head.framing,
         close: head.close,
@@ -217,6 +220,9 @@ fn prepare(shared: &Shared, info: &ConnectionInfo, input: &[u8], out: &mut Vec<u
 }
 
 /// Why an exchange ended before a response head reached the client.
+///
+/// (The futures of the rare paths — connecting, relaying a request body, answering a failure — are boxed
+/// where they are awaited: a task is as large as its largest state, and this keeps idle connections small.)
 enum Failure {
     /// The target could not be reached or answered wrongly: 502.
     BadGateway(String),
@@ -226,8 +232,8 @@ enum Failure {
     Cancelled,
     /// The client's body framing is broken: 400.
     BadRequest,
-    /// The client went away mid-body; nobody to answer.
-    ClientGone,
+    /// The client went away (mid-body, or before the answer); nobody to answer.
+    ClientGone(&'static str),
     /// A buffered response over `--max-response-body`: 500.
     ResponseTooLarge,
 }
@@ -280,10 +286,13 @@ async fn run_exchange(
             out.extend_from_slice(&input.filled()[..taken]);
             input.consume(taken);
         }
-        Err(_) => return answer_failure(client, out, &exchange, shared, info, Failure::BadRequest, true).await,
+        Err(_) => {
+            return Box::pin(answer_failure(client, out, &exchange, shared, info, Failure::BadRequest, true)).await;
+        }
     }
     // When the whole request is in `out`, it can be sent again on a new connection if a pooled one turns
-    // out to have been closed by the target (it then never reached the application).
+    // out to have been closed by the target: when writing failed (it never reached the application), or,
+    // for idempotent methods, when the connection closed without a byte of answer (as Go's transport does).
     let replayable = request_body.is_done();
     let mut close = exchange.close || shutdown.has_changed().unwrap_or(true);
 
@@ -292,27 +301,38 @@ async fn run_exchange(
     let sent = async {
         let (mut upstream, mut reused) = match target.checkout_stream() {
             Some(stream) => (stream, true),
-            None => (connect(&target, timer, cancelled.as_mut()).await?, false),
+            None => (Box::pin(connect(&target, timer, cancelled.as_mut())).await?, false),
         };
         loop {
             let written = write_all(&upstream, out).await;
             if written.is_err() && reused && replayable {
-                upstream = connect(&target, timer, cancelled.as_mut()).await?;
+                upstream = Box::pin(connect(&target, timer, cancelled.as_mut())).await?;
                 reused = false;
                 continue;
             }
             written.map_err(|e| Failure::BadGateway(format!("sending the request: {e}")))?;
             if !request_body.is_done() {
-                let early = relay_request_body(client, input, &upstream, &mut request_body, cancelled.as_mut()).await?;
+                let relay_body = relay_request_body(client, input, &upstream, &mut request_body, cancelled.as_mut());
+                let early = Box::pin(relay_body).await?;
                 // The target answered before taking the whole body: the rest of it is still in the client
                 // connection, which therefore cannot carry another request.
                 close |= early;
             }
-            let read =
-                read_response_head(&mut upstream, &mut upstream_buffer, out, close, &relay, timer, cancelled.as_mut());
+            let read = read_response_head(
+                &mut upstream,
+                &mut upstream_buffer,
+                Some((&*client, &mut *input)),
+                out,
+                close,
+                &relay,
+                timer,
+                cancelled.as_mut(),
+            );
             match read.await {
-                Err(Failure::BadGateway(_)) if reused && replayable && upstream_buffer.is_empty() => {
-                    upstream = connect(&target, timer, cancelled.as_mut()).await?;
+                Err(Failure::BadGateway(_))
+                    if reused && replayable && exchange.idempotent && upstream_buffer.is_empty() =>
+                {
+                    upstream = Box::pin(connect(&target, timer, cancelled.as_mut())).await?;
                     reused = false;
                 }
                 result => return result.map(|plan| (upstream, plan)),
@@ -323,7 +343,7 @@ async fn run_exchange(
         Ok(sent) => sent,
         Err(failure) => {
             let keep = request_body.is_done() && !close;
-            return answer_failure(client, out, &exchange, shared, info, failure, !keep).await;
+            return Box::pin(answer_failure(client, out, &exchange, shared, info, failure, !keep)).await;
         }
     };
 
@@ -333,15 +353,24 @@ async fn run_exchange(
         if write_all(client, out).await.is_err() {
             return false;
         }
-        let read =
-            read_response_head(&mut upstream, &mut upstream_buffer, out, close, &relay, timer, cancelled.as_mut());
+        let client_watch = Some((&*client, &mut *input));
+        let read = read_response_head(
+            &mut upstream,
+            &mut upstream_buffer,
+            client_watch,
+            out,
+            close,
+            &relay,
+            timer,
+            cancelled.as_mut(),
+        );
         plan = match read.await {
             Ok(plan) => plan,
-            Err(failure) => return answer_failure(client, out, &exchange, shared, info, failure, true).await,
+            Err(failure) => return Box::pin(answer_failure(client, out, &exchange, shared, info, failure, true)).await,
         };
     }
     if plan.too_large {
-        return answer_failure(client, out, &exchange, shared, info, Failure::ResponseTooLarge, close).await;
+        return Box::pin(answer_failure(client, out, &exchange, shared, info, Failure::ResponseTooLarge, close)).await;
     }
     if let Some(length) = plan.buffer_len {
         // `--buffer-responses`: the target's connection is freed before a slow client reads the answer.
@@ -354,7 +383,7 @@ async fn run_exchange(
             };
             if !matches!(read, Ok(n) if n > 0) {
                 let failure = Failure::BadGateway("the target closed the connection mid-body".to_string());
-                return answer_failure(client, out, &exchange, shared, info, failure, close).await;
+                return Box::pin(answer_failure(client, out, &exchange, shared, info, failure, close)).await;
             }
         }
     }
@@ -464,7 +493,7 @@ async fn relay_request_body(
             read = read_into(client, input) => read,
         };
         if !matches!(read, Ok(n) if n > 0) {
-            return Err(Failure::ClientGone);
+            return Err(Failure::ClientGone("the client closed the connection mid-body"));
         }
         let taken = body.advance(input.filled()).map_err(|_| Failure::BadRequest)?;
         tokio::select! {
@@ -482,9 +511,16 @@ async fn relay_request_body(
 
 /// Reads until a complete response head is in `buffer`, decides how its body is relayed and, in most
 /// cases, writes the client's version of the head into `out`.
+///
+/// Meanwhile it watches the client: a client that closes its connection abandons the request (the target's
+/// connection is dropped, which tells the application, and the claim on the target ends, so a drain does not
+/// wait for an answer nobody reads), as nginx and the hyper path do. Bytes the client sends meanwhile (a
+/// pipelined request) are kept in `client`'s buffer, and the watch ends.
+#[allow(clippy::too_many_arguments)]
 async fn read_response_head(
     upstream: &mut TcpStream,
     buffer: &mut Buffer,
+    mut client: Option<(&TcpStream, &mut Buffer)>,
     out: &mut Vec<u8>,
     close: bool,
     relay: &Relay<'_>,
@@ -502,11 +538,25 @@ async fn read_response_head(
                 Err(bad) => return Err(Failure::BadGateway(bad.to_string())),
             }
         }
+        let watched = client.as_ref().map(|(stream, _)| *stream);
         let read = tokio::select! {
             biased;
             read = read_into(upstream, buffer) => read,
             () = cancelled.as_mut() => return Err(Failure::Cancelled),
             () = timer.expired() => return Err(Failure::Timeout),
+            ready = readable(watched) => {
+                let Some((stream, input)) = client.as_mut() else { continue };
+                match ready.and_then(|()| stream.try_read(input.spare())) {
+                    Ok(0) => return Err(Failure::ClientGone("the client closed the connection before the answer")),
+                    Ok(read) => {
+                        input.end += read;
+                        client = None;
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return Err(Failure::ClientGone("the client connection failed before the answer")),
+                }
+                continue;
+            }
         };
         match read {
             Ok(0) => return Err(Failure::BadGateway("the target closed the connection".to_string())),
@@ -578,9 +628,10 @@ async fn answer_failure(
     close: bool,
 ) -> bool {
     let options = &exchange.service.options;
+    let client_gone = matches!(failure, Failure::ClientGone(_));
     let (status, error) = match failure {
         Failure::BadGateway(error) => (StatusCode::BAD_GATEWAY, error),
-        Failure::ClientGone => (StatusCode::BAD_GATEWAY, "the client closed the connection mid-body".to_string()),
+        Failure::ClientGone(why) => (StatusCode::BAD_GATEWAY, why.to_string()),
         Failure::Timeout => {
             (StatusCode::GATEWAY_TIMEOUT, format!("no response headers within {:?}", options.target_timeout))
         }
@@ -591,7 +642,6 @@ async fn answer_failure(
             format!("response body over --max-response-body ({})", options.max_response_body),
         ),
     };
-    let client_gone = error.starts_with("the client closed");
     let body = forward::page_body(Some(&exchange.service), status, None);
     let relay = Relay { exchange, shared, info };
     record(&relay, status.as_u16(), Some(&error), &PageHeaders, body.len() as u64);
@@ -651,6 +701,14 @@ async fn read_into(stream: &mut TcpStream, buffer: &mut Buffer) -> io::Result<us
     let read = stream.read(buffer.spare()).await?;
     buffer.end += read;
     Ok(read)
+}
+
+/// Resolves when `stream` is readable; never, without one.
+async fn readable(stream: Option<&TcpStream>) -> io::Result<()> {
+    match stream {
+        Some(stream) => stream.readable().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// One read attempt: `None` if nothing was there after all (readiness can be stale).

@@ -1310,4 +1310,17 @@ async fn http1_fast_path_frames_bodies_pipelines_and_hands_over() {
     assert_eq!(line["status"], 502);
     assert!(line["error"].as_str().is_some_and(|e| e.contains("mid-body")), "{line}");
     assert_eq!(get(proxy.http_port, "app.test", "/hi").await.body, "app");
+
+    // A client that gives up waiting for a slow answer: the proxy notices at once (its claim on the target
+    // ends then, not when the answer comes).
+    let served = app.served.load(Ordering::SeqCst);
+    let mut stream = TcpStream::connect(("127.0.0.1", proxy.http_port)).await.unwrap();
+    stream.write_all(b"GET /slow?ms=20000 HTTP/1.1\r\nHost: app.test\r\nX-Request-ID: quitter\r\n\r\n").await.unwrap();
+    wait_until("the slow request to reach the target", Duration::from_secs(5), || {
+        app.served.load(Ordering::SeqCst) > served
+    })
+    .await;
+    drop(stream);
+    let line = proxy.wait_for_log(|l| l["request_id"] == "quitter", Duration::from_secs(5));
+    assert!(line["error"].as_str().is_some_and(|e| e.contains("before the answer")), "{line}");
 }
