@@ -248,10 +248,23 @@ fn log_options(args: &LogsArgs) -> LogOptions {
     }
 }
 
-/// Destructive commands need `-y` (berth never waits on a prompt: it may run unattended).
+/// Destructive commands need `-y`, or a "y" typed at the question when berth runs in a terminal (as Kamal
+/// asks); without a terminal (CI, the daemon) berth never waits on a prompt and refuses instead.
 fn confirmed(confirm: &ConfirmArgs, question: &str) -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
     if confirm.confirmed {
         return Ok(());
     }
-    anyhow::bail!("{question} Run again with -y/--confirmed to proceed")
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        anyhow::bail!("{question} Run again with -y/--confirmed to proceed");
+    }
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    stdin.lock().read_line(&mut answer).context("reading the answer")?;
+    match answer.trim().to_ascii_lowercase().as_str() {
+        "y" | "yes" => Ok(()),
+        _ => anyhow::bail!("Aborted: nothing was changed"),
+    }
 }

@@ -36,6 +36,13 @@ impl Deployment {
     /// Runs `berth ARGS` in a terminal (`script` gives it a pseudo-terminal, as a user's shell would), types
     /// `answer` once `prompt` appears in what it shows, and returns everything it showed.
     fn berth_in_terminal(&self, args: &[&str], prompt: &str, answer: &str) -> String {
+        let (shown, ok) = self.berth_in_terminal_status(args, prompt, answer);
+        assert!(ok, "berth {args:?} in a terminal failed: {shown}");
+        shown
+    }
+
+    /// [`Deployment::berth_in_terminal`], returning whether berth succeeded instead of asserting it.
+    fn berth_in_terminal_status(&self, args: &[&str], prompt: &str, answer: &str) -> (String, bool) {
         use std::io::{Read, Write};
         let command_line = std::iter::once(env!("CARGO_BIN_EXE_berth").to_string())
             .chain(args.iter().map(|arg| format!("'{}'", arg.replace('\'', "'\\''"))))
@@ -90,8 +97,7 @@ impl Deployment {
         drop(stdin);
         reader.join().unwrap();
         let shown = shown.lock().unwrap().clone();
-        assert!(status.success(), "berth {args:?} in a terminal failed ({status}): {shown}");
-        shown
+        (shown, status.success())
     }
 
     fn host(&self, index: usize) -> &Host {
@@ -559,6 +565,21 @@ fn deploy_builds_the_committed_tree_pushes_and_deploys_it() {
     let session = d.berth_in_terminal(&["app", "exec", "-i", "/berth-test-app --read-line"], "stdin=", "hello there\n");
     assert!(session.contains("stdin=/dev/pts/"), "the container's stdin is a terminal: {session}");
     assert!(session.contains("got: hello there"), "{session}");
+
+    // A destructive command asks in a terminal (as Kamal does); anything but "y" leaves the host alone.
+    let proxy_id = |d: &Deployment| {
+        let out = d.bench.docker(&h1, &["ps", "--quiet", "--filter", "name=^kamal-proxy$"]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let id_before = proxy_id(&d);
+    assert!(!id_before.is_empty());
+    let (shown, ok) = d.berth_in_terminal_status(&["proxy", "reboot"], "Are you sure? [y/N]", "n\n");
+    assert!(!ok && shown.contains("Aborted: nothing was changed"), "{shown}");
+    assert_eq!(proxy_id(&d), id_before);
+    let (shown, ok) = d.berth_in_terminal_status(&["proxy", "reboot"], "Are you sure? [y/N]", "y\n");
+    assert!(ok, "{shown}");
+    assert_ne!(proxy_id(&d), id_before);
+    assert_eq!(d.version_served(&h1), "built", "routes are back after the reboot");
 }
 
 #[test]
