@@ -98,7 +98,9 @@ pub async fn serve(
             }
         };
         let timer = target_timer.get_or_insert_with(|| Timer::new(exchange.service.options.target_timeout));
-        let keep_alive = run_exchange(&mut client, buffer, out.get(), exchange, shared, info, timer, shutdown).await;
+        // Boxed: the exchange's state is most of a connection's future, and an idle connection needs none of it.
+        let exchange = run_exchange(&mut client, buffer, out.get(), exchange, shared, info, timer, shutdown);
+        let keep_alive = Box::pin(exchange).await;
         if !keep_alive || shutdown.has_changed().unwrap_or(true) {
             return None;
         }
@@ -974,6 +976,28 @@ mod tests {
         assert!(spare >= BUFFER_SIZE, "grown: {spare}");
         buffer.clear();
         assert!(buffer.is_empty());
+    }
+
+    /// Every idle keep-alive connection is one of these futures (plus its socket): the exchange state is
+    /// boxed per request so it does not count here (768 bytes at the time of writing, 1,944 unboxed).
+    #[tokio::test]
+    async fn an_idle_connection_is_a_small_future() {
+        let acme = crate::proxy::tls::acme::AcmeManager::new(String::new(), None, None, None);
+        let certs = Arc::new(crate::proxy::tls::CertStore::new(acme));
+        let shared = Shared {
+            router: Arc::new(crate::proxy::router::Router::new(None, 1, certs)),
+            metrics: Arc::new(crate::proxy::observability::Metrics::new(1)),
+            access_log: false,
+            https_port: 0,
+            body_read_timeout: Duration::from_secs(1),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let info = ConnectionInfo::new(client.local_addr().unwrap(), 80, false);
+        let (_stop, shutdown) = watch::channel(false);
+        let connection = serve(client, &info, &shared, Duration::from_secs(60), &shutdown);
+        let size = std::mem::size_of_val(&connection);
+        assert!(size <= 1024, "the connection future grew to {size} bytes");
     }
 
     #[tokio::test]
