@@ -93,7 +93,7 @@ pub fn run(cli: &Cli, env: &Environment) -> anyhow::Result<bool> {
                 _ = terminated => {}
             }
             eprintln!(
-                "\nCancelling: a build, pull or pre-deploy hook stops now, a boot step finishes first; then what switched is rolled back and the lock released (again to abort)"
+                "\nCancelling (again to abort at once): what changes no host (build, pull, early hooks, following logs) stops now; a boot step finishes, then what switched is rolled back and the lock released"
             );
             cancel.cancel();
             let _ = tokio::signal::ctrl_c().await;

@@ -236,8 +236,21 @@ impl Engine {
         self.show_per_role(|role| app::current_running_version(&self.config, role)).await
     }
 
-    /// `app logs`: per (host, role); with `--follow`, streamed live from one host.
+    /// `app logs`: per (host, role); with `--follow`, streamed live from every selected host and role at once,
+    /// each line prefixed with its host (Kamal follows the primary host only).
     pub async fn app_logs(&self, options: &LogOptions) -> Result<(), EngineError> {
+        if options.follow {
+            let hosts = self.selection.app_hosts(&self.config);
+            let streams = hosts
+                .iter()
+                .flat_map(|host| {
+                    self.selection
+                        .roles_on(&self.config, host)
+                        .map(move |role| (host.clone(), app::logs(&self.config, role, options)))
+                })
+                .collect();
+            return self.follow(streams).await;
+        }
         // A `--grep` that matches nothing exits 1: that is an empty answer, not a failure.
         self.show_per_role(|role| app::logs(&self.config, role, options).or(Cmd::new("true"))).await
     }
@@ -541,15 +554,30 @@ impl Engine {
         Ok(())
     }
 
-    /// Shows a command's output per host, or with `follow` streams it from the first host until it ends.
+    /// Shows a command's output per host, or with `follow` streams it from every host at once until it ends.
     async fn stream_or_show(&self, header: &str, hosts: &[String], cmd: &Cmd, follow: bool) -> Result<(), EngineError> {
         if !follow {
             return self.show_per_host(header, hosts, cmd).await;
         }
-        let Some(host) = hosts.first() else { return Ok(()) };
+        self.follow(hosts.iter().map(|host| (host.clone(), cmd.clone())).collect()).await
+    }
+
+    /// Runs each `(host, command)` at once, every output line shown as it arrives as `host: line`, until all
+    /// end or Ctrl-C (which ends following, not an error).
+    async fn follow(&self, streams: Vec<(String, Cmd)>) -> Result<(), EngineError> {
         let lines = super::remote::OutputLines { sink: self.sink() };
-        self.remote().ssh().run(host, cmd, &lines).await?;
-        Ok(())
+        let all = futures_util::future::join_all(
+            streams.iter().map(|(host, cmd)| self.remote().ssh().run(host, cmd, &lines)),
+        );
+        tokio::select! {
+            results = all => {
+                for result in results {
+                    result?;
+                }
+                Ok(())
+            }
+            () = self.cancel().raised() => Ok(()),
+        }
     }
 }
 

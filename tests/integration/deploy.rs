@@ -644,6 +644,37 @@ fn local_registry_mode_sends_the_image_over_ssh_without_a_registry() {
         d.bench.ssh(&h2, "docker image inspect --format '{{.RepoDigests}}' localhost:5555/berth-test-app:latest");
     assert_eq!(String::from_utf8_lossy(&pulled.stdout).trim(), "[]", "a loaded image has no registry digest");
 
+    // `app logs -f` streams from both hosts at once, each line prefixed with its host, until Ctrl-C.
+    let mut follow = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["app", "logs", "-f"])
+        .current_dir(d.project.path())
+        .env_clear()
+        .envs(&d.project.env)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let shown = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let (shown, stdout) = (shown.clone(), follow.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+                shown.lock().unwrap().push_str(&format!("{line}\n"));
+            }
+        })
+    };
+    Bench::wait_for("log lines from both hosts while following", Duration::from_secs(30), || {
+        let shown = shown.lock().unwrap();
+        let from =
+            |ip: &str| shown.lines().any(|line| line.starts_with(&format!("{ip}: ")) && line.contains("listening"));
+        (from(&ip1) && from(&ip2)).then_some(())
+    });
+    assert!(follow.try_wait().unwrap().is_none(), "still following");
+    std::process::Command::new("kill").args(["-INT", &follow.id().to_string()]).status().unwrap();
+    let status = Bench::wait_for("following to end on Ctrl-C", Duration::from_secs(20), || follow.try_wait().unwrap());
+    assert!(status.success(), "Ctrl-C ends following normally: {status}");
+    reader.join().unwrap();
+
     // -P with an image this engine lacks says what to do.
     let out = d.berth(&["deploy", "-P", "--version", "v-missing"]);
     assert!(out.err().contains("is not in the local Docker engine"), "{}", out.stderr);
