@@ -100,6 +100,19 @@ impl Deployment {
         (shown, status.success())
     }
 
+    /// Starts `berth ARGS` in the project without waiting for it; its stdout and stderr are pipes to read.
+    fn spawn_berth(&self, args: &[&str]) -> std::process::Child {
+        std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(args)
+            .current_dir(self.project.path())
+            .env_clear()
+            .envs(&self.project.env)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the berth binary")
+    }
+
     fn host(&self, index: usize) -> &Host {
         self.bench.host(index)
     }
@@ -427,15 +440,7 @@ fn a_held_lock_blocks_deploys_and_a_killed_deploy_leaves_no_lock_behind() {
     let pid_file = d.project.path().join("hook.pid");
 
     // Ctrl-C (SIGINT) there: the hook is stopped at once, the lock released, the host keeps its version.
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["deploy", "-P", "--version", "v3"])
-        .current_dir(d.project.path())
-        .env_clear()
-        .envs(&d.project.env)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = d.spawn_berth(&["deploy", "-P", "--version", "v3"]);
     Bench::wait_for("the deploy to hold the lock and run its hook", Duration::from_secs(60), || {
         pid_file.exists().then_some(())
     });
@@ -460,15 +465,7 @@ fn a_held_lock_blocks_deploys_and_a_killed_deploy_leaves_no_lock_behind() {
     assert_eq!(d.version_served(&h1), "v2", "the host still serves its version");
 
     // A deploy killed (SIGKILL) while it holds the lock.
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["deploy", "-P", "--version", "v3"])
-        .current_dir(d.project.path())
-        .env_clear()
-        .envs(&d.project.env)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = d.spawn_berth(&["deploy", "-P", "--version", "v3"]);
     Bench::wait_for("the deploy to hold the lock and run its hook", Duration::from_secs(60), || {
         pid_file.exists().then_some(())
     });
@@ -645,15 +642,7 @@ fn local_registry_mode_sends_the_image_over_ssh_without_a_registry() {
     assert_eq!(String::from_utf8_lossy(&pulled.stdout).trim(), "[]", "a loaded image has no registry digest");
 
     // `app logs -f` streams from both hosts at once, each line prefixed with its host, until Ctrl-C.
-    let mut follow = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["app", "logs", "-f"])
-        .current_dir(d.project.path())
-        .env_clear()
-        .envs(&d.project.env)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut follow = d.spawn_berth(&["app", "logs", "-f"]);
     let shown = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let reader = {
         let (shown, stdout) = (shown.clone(), follow.stdout.take().unwrap());
