@@ -33,8 +33,8 @@ use tokio::sync::Semaphore;
 use crate::command::{Cmd, quote};
 use connection::Connection;
 pub use error::SshError;
-pub use openssh_client::terminal_session_args;
 use exec::Stdin;
+pub use openssh_client::terminal_session_args;
 
 /// How SSH reaches the hosts: Kamal's `ssh:` settings plus berth's own (host key policy, timeouts).
 #[derive(Clone)]
@@ -69,6 +69,8 @@ pub struct SshConfig {
     pub command_timeout: Option<Duration>,
     /// Keepalives are sent after this much silence; three unanswered ones drop the connection.
     pub keepalive_interval: Duration,
+    /// How many times a host name that did not resolve is looked up again (SSHKit's `dns_retries`, default 3).
+    pub dns_retries: u32,
     /// How many connections may be in set-up at once (SSHKit's `max_concurrent_starts`).
     pub max_concurrent_starts: usize,
     /// How many commands run at once on one connection: sshd refuses session channels beyond its `MaxSessions`
@@ -97,6 +99,7 @@ impl Default for SshConfig {
             connect_timeout: Duration::from_secs(10),
             command_timeout: None,
             keepalive_interval: Duration::from_secs(30),
+            dns_retries: 3,
             max_concurrent_starts: 30,
             max_sessions_per_connection: 10,
             ssh_config_files: Vec::new(),
@@ -121,6 +124,7 @@ impl fmt::Debug for SshConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
             .field("keepalive_interval", &self.keepalive_interval)
+            .field("dns_retries", &self.dns_retries)
             .field("max_concurrent_starts", &self.max_concurrent_starts)
             .field("max_sessions_per_connection", &self.max_sessions_per_connection)
             .field("ssh_config_files", &self.ssh_config_files)

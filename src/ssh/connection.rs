@@ -140,15 +140,12 @@ async fn connect_endpoint(
             handshake
         }
         None => {
-            let stream =
-                tokio::net::TcpStream::connect((endpoint.hostname.as_str(), endpoint.port)).await.map_err(|e| {
-                    SshError::Connect {
-                        host: endpoint.label.clone(),
-                        addr: endpoint.addr(),
-                        cause: e.to_string(),
-                        hint: connect_hint(&e),
-                    }
-                })?;
+            let stream = connect_tcp(endpoint, config.dns_retries).await.map_err(|e| SshError::Connect {
+                host: endpoint.label.clone(),
+                addr: endpoint.addr(),
+                cause: e.to_string(),
+                hint: connect_hint(&e),
+            })?;
             let _ = stream.set_nodelay(true);
             client::connect_stream(client_config, stream, check).await
         }
@@ -182,6 +179,28 @@ async fn connect_endpoint(
         _via: via,
         _proxy_process: proxy_process,
     })
+}
+
+/// A TCP connection to `endpoint`; a failed name lookup is tried again up to `dns_retries` times (SSHKit's
+/// `dns_retries`: resolvers fail transiently, e.g. when many hosts are looked up at once).
+async fn connect_tcp(endpoint: &Endpoint, dns_retries: u32) -> std::io::Result<tokio::net::TcpStream> {
+    let mut attempt = 0;
+    loop {
+        match tokio::net::TcpStream::connect((endpoint.hostname.as_str(), endpoint.port)).await {
+            Err(error) if is_lookup_failure(&error) && attempt < dns_retries => {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100 << attempt.min(4))).await;
+            }
+            Err(error) if is_lookup_failure(&error) && attempt > 0 => {
+                return Err(std::io::Error::new(error.kind(), format!("{error} (after {attempt} retries)")));
+            }
+            result => return result,
+        }
+    }
+}
+
+fn is_lookup_failure(error: &std::io::Error) -> bool {
+    error.to_string().contains("lookup address")
 }
 
 /// `proxy_command` with OpenSSH's tokens for `endpoint` replaced: `%h` host, `%p` port, `%r` user, `%%` `%`.
@@ -528,6 +547,22 @@ async fn try_agent(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_name_that_does_not_resolve_is_looked_up_again_dns_retries_times() {
+        let endpoint = Endpoint {
+            label: "app1".into(),
+            hostname: "no-such-host.invalid".into(),
+            port: 22,
+            user: "root".into(),
+            identity_files: Vec::new(),
+            known_hosts_files: Vec::new(),
+        };
+        let error = connect_tcp(&endpoint, 2).await.unwrap_err();
+        assert!(is_lookup_failure(&error) && error.to_string().ends_with("(after 2 retries)"), "{error}");
+        let error = connect_tcp(&endpoint, 0).await.unwrap_err();
+        assert!(!error.to_string().contains("retries"), "{error}");
+    }
 
     #[test]
     fn proxy_command_tokens_are_replaced_as_openssh_does() {
