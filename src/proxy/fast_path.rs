@@ -314,7 +314,8 @@ async fn run_exchange(
             }
             written.map_err(|e| Failure::BadGateway(format!("sending the request: {e}")))?;
             if !request_body.is_done() {
-                let relay_body = relay_request_body(client, input, &upstream, &mut request_body, cancelled.as_mut());
+                let relay_body =
+                    relay_request_body(client, input, &upstream, &mut request_body, timer, cancelled.as_mut());
                 let early = Box::pin(relay_body).await?;
                 // The target answered before taking the whole body: the rest of it is still in the client
                 // connection, which therefore cannot carry another request.
@@ -348,6 +349,9 @@ async fn run_exchange(
             return Box::pin(answer_failure(client, out, &exchange, shared, info, failure, !keep)).await;
         }
     };
+    // A target that answered before it had the whole request body may still expect the rest of it: its
+    // connection is not reused.
+    let request_sent = request_body.is_done();
 
     // 1xx interim responses are relayed as they come, then the final head is read.
     while plan.informational {
@@ -381,7 +385,10 @@ async fn run_exchange(
             let read = tokio::select! {
                 biased;
                 read = read_into(&mut upstream, &mut upstream_buffer) => read,
-                () = cancelled.as_mut() => Ok(0),
+                () = cancelled.as_mut() => {
+                    return Box::pin(answer_failure(client, out, &exchange, shared, info, Failure::Cancelled, close))
+                        .await;
+                }
             };
             if !matches!(read, Ok(n) if n > 0) {
                 let failure = Failure::BadGateway("the target closed the connection mid-body".to_string());
@@ -394,7 +401,7 @@ async fn run_exchange(
         let _ = plan_response(upstream_buffer.filled(), out, close, &relay, true);
     }
     upstream_buffer.consume(plan.head_len);
-    let mut reusable = plan.reusable;
+    let mut reusable = plan.reusable && request_sent;
     let until_close = matches!(plan.body, BodyProgress::UntilClose);
     let taken = match plan.body.advance(upstream_buffer.filled()) {
         Ok(taken) => taken,
@@ -485,6 +492,7 @@ async fn relay_request_body(
     input: &mut Buffer,
     upstream: &TcpStream,
     body: &mut BodyProgress,
+    timer: &mut Timer,
     mut cancelled: Pin<&mut impl Future<Output = ()>>,
 ) -> Result<bool, Failure> {
     while !body.is_done() {
@@ -492,6 +500,8 @@ async fn relay_request_body(
             biased;
             _ = upstream.readable() => return Ok(true),
             () = cancelled.as_mut() => return Err(Failure::Cancelled),
+            // The target timeout covers the upload too, as on the hyper path.
+            () = timer.expired() => return Err(Failure::Timeout),
             read = read_into(client, input) => read,
         };
         if !matches!(read, Ok(n) if n > 0) {
@@ -502,6 +512,7 @@ async fn relay_request_body(
             biased;
             _ = upstream.readable() => return Ok(true),
             () = cancelled.as_mut() => return Err(Failure::Cancelled),
+            () = timer.expired() => return Err(Failure::Timeout),
             written = write_all(upstream, &input.filled()[..taken]) => {
                 written.map_err(|e| Failure::BadGateway(format!("sending the request body: {e}")))?;
             }

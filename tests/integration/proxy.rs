@@ -1112,6 +1112,28 @@ async fn start_raw_backend() -> SocketAddr {
                     let head = String::from_utf8_lossy(&pending[..end]).to_string();
                     pending.drain(..end + 4);
                     let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+                    if path == "/reject" {
+                        // Refuses a body before reading it, then reads (and drops) it, as servers do to keep
+                        // the connection: whoever reuses the connection must have sent all of it.
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(str::to_string))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        let answer = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n";
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                        while pending.len() < length {
+                            let mut chunk = [0u8; 4096];
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => pending.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        pending.drain(..length);
+                        continue;
+                    }
                     let answer: &[u8] = match path.as_str() {
                         "/up" => b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
                         "/head" => b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n",
@@ -1282,6 +1304,24 @@ async fn http1_fast_path_frames_bodies_pipelines_and_hands_over() {
     assert!(pending.is_empty(), "nothing after the last response");
     stream.write_all(b"GET /hi HTTP/1.1\r\nHost: app.test\r\n\r\n").await.unwrap();
     assert_eq!(read_raw_response(&mut stream, &mut pending, false).await.body, b"app");
+
+    // A target that answers before it has the whole body: the client gets the answer and its connection is
+    // closed (the rest of its body is unread); the target's connection, still expecting the rest, is not
+    // reused for the next request.
+    let mut stream = TcpStream::connect(("127.0.0.1", proxy.http_port)).await.unwrap();
+    stream
+        .write_all(b"POST /reject HTTP/1.1\r\nHost: raw.test\r\nContent-Length: 100000\r\n\r\npartial")
+        .await
+        .unwrap();
+    let mut pending = Vec::new();
+    let answer = read_raw_response(&mut stream, &mut pending, false).await;
+    assert_eq!((answer.status, answer.headers["connection"].as_str()), (413, "close"));
+    assert!(!read_more(&mut stream, &mut pending).await, "the client connection is closed");
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(("127.0.0.1", proxy.http_port)).await.unwrap();
+        stream.write_all(b"GET /chunked HTTP/1.1\r\nHost: raw.test\r\n\r\n").await.unwrap();
+        assert_eq!(read_raw_response(&mut stream, &mut Vec::new(), false).await.body, b"hello world");
+    }
 
     // A request the fast path leaves to hyper (no service for the host: hyper's 404 page) hands the
     // connection over with the pipelined request after it, which hyper then serves.
