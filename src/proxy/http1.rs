@@ -6,6 +6,7 @@
 //! is reported as [`Parsed::Unsupported`] so the connection goes to the hyper path, which handles it all.
 
 use std::cell::Cell;
+use std::mem::MaybeUninit;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use httparse::Header;
@@ -14,6 +15,15 @@ use super::forward::HeaderLookup;
 
 /// Most header lines one head may have (hyper's default limit too).
 pub const MAX_HEADERS: usize = 100;
+
+/// Room for a head's parsed headers, left uninitialized (httparse fills what it uses): zeroing 100 slots
+/// for every head measured as the largest single cost in the proxy's user space.
+pub type HeaderSlots<'b> = [MaybeUninit<Header<'b>>; MAX_HEADERS];
+
+/// Empty [`HeaderSlots`].
+pub fn header_slots<'b>() -> HeaderSlots<'b> {
+    [const { MaybeUninit::uninit() }; MAX_HEADERS]
+}
 
 /// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1), as on the hyper path.
 const HOP_BY_HOP: [&str; 9] = [
@@ -128,10 +138,10 @@ pub struct RequestHead<'b> {
 /// Parses a request head from the start of `buf`; see [`Parsed`] for what is not handled here.
 pub fn parse_request<'h, 'b>(
     buf: &'b [u8],
-    headers: &'h mut [Header<'b>],
+    headers: &'h mut HeaderSlots<'b>,
 ) -> Parsed<(RequestHead<'b>, &'h [Header<'b>])> {
-    let mut request = httparse::Request::new(headers);
-    let head_len = match request.parse(buf) {
+    let mut request = httparse::Request::new(&mut []);
+    let head_len = match request.parse_with_uninit_headers(buf, headers) {
         Ok(httparse::Status::Complete(length)) => length,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::Unsupported,
@@ -318,11 +328,12 @@ impl std::fmt::Display for BadResponse {
 /// Parses a response head from the start of `buf`. `head_request`: the request was HEAD (no body follows).
 pub fn parse_response<'h, 'b>(
     buf: &'b [u8],
-    headers: &'h mut [Header<'b>],
+    headers: &'h mut HeaderSlots<'b>,
     head_request: bool,
 ) -> Result<Option<(ResponseHead<'b>, &'h [Header<'b>])>, BadResponse> {
-    let mut response = httparse::Response::new(headers);
-    let head_len = match response.parse(buf) {
+    let mut response = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut response, buf, headers);
+    let head_len = match parsed {
         Ok(httparse::Status::Complete(length)) => length,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(BadResponse("malformed response head from the target")),
@@ -654,7 +665,7 @@ mod tests {
     use super::*;
 
     fn request(text: &str) -> Parsed<String> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut headers = header_slots();
         match parse_request(text.as_bytes(), &mut headers) {
             Parsed::Complete((head, headers)) => {
                 let forwarding = Forwarding {
@@ -697,7 +708,7 @@ mod tests {
         let text = "POST /up HTTP/1.1\r\nhost: a\r\nx-forwarded-for: 1.1.1.1\r\nx-forwarded-for: 2.2.2.2\r\n\
                     x-forwarded-proto: https\r\nx-request-id: mine\r\nx-request-start: t=5\r\n\
                     transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut headers = header_slots();
         let Parsed::Complete((head, headers)) = parse_request(text.as_bytes(), &mut headers) else { panic!() };
         assert_eq!(head.framing, Framing::Chunked);
         assert_eq!(head.request_id, Some(&b"mine"[..]));
@@ -737,7 +748,7 @@ mod tests {
     #[test]
     fn request_framing() {
         let framing = |text: &str| {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut headers = header_slots();
             match parse_request(text.as_bytes(), &mut headers) {
                 Parsed::Complete((head, _)) => (head.framing, head.close),
                 other => panic!("{other:?}"),
@@ -750,7 +761,7 @@ mod tests {
     }
 
     fn response(text: &str, head_request: bool) -> Result<(ResponseHead<'_>, String), BadResponse> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut headers = header_slots();
         let (head, headers) = parse_response(text.as_bytes(), &mut headers, head_request)?.expect("complete");
         let mut out = Vec::new();
         write_response_head(&mut out, &head, headers, false);
@@ -800,7 +811,7 @@ mod tests {
         assert!(out.contains("Date: "), "a date is added: {out}");
         assert!(response("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", false).is_err());
         assert!(response("HTTP/1.1 101 Switching Protocols\r\n\r\n", false).is_err());
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut headers = header_slots();
         assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-", &mut headers, false).unwrap().is_none());
     }
 
