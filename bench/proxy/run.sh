@@ -9,6 +9,8 @@
 # Usage: bench/proxy/run.sh [seconds-per-run] [rounds] [connections]
 # Needs: nginx, wrk (tests/bench/install-deps.sh installs them), python3, and target/release/berth
 # (`cargo build --release`). Everything listens on 127.0.0.1 only and is stopped on exit.
+# BERTH_BIN=path measures another berth binary; BASELINE_BIN=path also measures a second one (e.g. the
+# previous build) as the setup "base", in the same rounds.
 set -euo pipefail
 
 duration=${1:-10}
@@ -31,6 +33,8 @@ trap cleanup EXIT
 backend_port=18080
 nginx_port=18081
 berth_port=18082
+base_port=18083
+baseline=${BASELINE_BIN:-}
 body=$(printf 'x%.0s' $(seq 1 63))  # 63 bytes + newline = 64
 
 cat >"$work/backend.conf" <<CONF
@@ -91,6 +95,15 @@ taskset -c 1 "$work/kamal-proxy" run --bind=127.0.0.1 --http-port=$berth_port --
     --state-dir="$work/state" --access-log=false >"$work/berth.log" 2>&1 &
 berth_pid=$!
 pids+=($berth_pid)
+if [[ -n $baseline ]]; then
+    mkdir -p "$work/base"
+    ln -s "$baseline" "$work/base/kamal-proxy"
+    KAMAL_PROXY_SOCKET=$work/base/proxy.sock taskset -c 1 "$work/base/kamal-proxy" run --bind=127.0.0.1 \
+        --http-port=$base_port --https-port=0 --workers=1 --state-dir="$work/base/state" --access-log=false \
+        >"$work/base.log" 2>&1 &
+    base_pid=$!
+    pids+=($base_pid)
+fi
 
 wait_port() {
     for _ in $(seq 1 200); do
@@ -106,6 +119,11 @@ for _ in $(seq 1 100); do [[ -S $KAMAL_PROXY_SOCKET ]] && break; sleep 0.05; don
 "$work/kamal-proxy" deploy bench --target=127.0.0.1:$backend_port
 wait_port $berth_port
 [[ $(curl -fsS "http://127.0.0.1:$berth_port/") == "$body" ]] || { echo "berth proxy answers wrongly" >&2; exit 1; }
+if [[ -n $baseline ]]; then
+    for _ in $(seq 1 100); do [[ -S $work/base/proxy.sock ]] && break; sleep 0.05; done
+    KAMAL_PROXY_SOCKET=$work/base/proxy.sock "$work/base/kamal-proxy" deploy bench --target=127.0.0.1:$backend_port
+    wait_port $base_port
+fi
 
 nginx_worker=$(pgrep -P "$nginx_master" | head -1)
 
@@ -145,6 +163,7 @@ ratios=""
 for round in $(seq 1 "$rounds"); do
     # Alternate the order of the two proxies so a load change during a round does not always favour one.
     if (( round % 2 )); then order="direct:$backend_port nginx:$nginx_port berth:$berth_port"; else order="direct:$backend_port berth:$berth_port nginx:$nginx_port"; fi
+    [[ -n $baseline ]] && order+=" base:$base_port"
     declare -A this_round=()
     for setup in $order; do
         name=${setup%%:*}
@@ -152,6 +171,7 @@ for round in $(seq 1 "$rounds"); do
         case $name in
             nginx) measured=$nginx_worker ;;
             berth) measured=$berth_pid ;;
+            base) measured=$base_pid ;;
             *) measured="" ;;
         esac
         result=$(run_wrk "$name" "$port" "$measured")
@@ -166,7 +186,9 @@ done
 echo
 echo "load average after the run: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "median over rounds:"
-for name in direct nginx berth; do
+setups="direct nginx berth"
+[[ -n $baseline ]] && setups+=" base"
+for name in $setups; do
     rps=$(awk 'NF {print $1}' <<<"${all[$name]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
     p50=$(awk 'NF {print $2}' <<<"${all[$name]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
     p99=$(awk 'NF {print $3}' <<<"${all[$name]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
@@ -178,10 +200,17 @@ echo "median berth/nginx: $(awk 'NF' <<<"$ratios" | sort -n | awk '{a[NR]=$1} EN
 
 # Memory: RSS growth of the proxy process (nginx: its worker) with 1,000 idle keep-alive connections,
 # each having made one request.
-idle_rss() { # pid port -> KB of growth
-    python3 "$repo/bench/proxy/idle_connections.py" "$1" "$2" 1000
+# The process's whole RSS is printed too: nginx allocates its connection table (worker_connections) up
+# front, so its growth is near zero while its baseline already holds that memory.
+idle_rss() { # pid port -> "KB of growth (RSS before)"
+    local before
+    before=$(awk '/^VmRSS/ {print $2}' "/proc/$1/status")
+    echo "$(python3 "$repo/bench/proxy/idle_connections.py" "$1" "$2" 1000) KB (process RSS before: $before KB)"
 }
 echo
 echo "memory per 1,000 idle keep-alive connections (RSS growth):"
-echo "nginx  $(idle_rss "$nginx_worker" $nginx_port) KB"
-echo "berth  $(idle_rss "$berth_pid" $berth_port) KB"
+echo "nginx  $(idle_rss "$nginx_worker" $nginx_port)"
+echo "berth  $(idle_rss "$berth_pid" $berth_port)"
+if [[ -n $baseline ]]; then
+    echo "base   $(idle_rss "$base_pid" $base_port)"
+fi
