@@ -1,12 +1,13 @@
-//! The HTTP/1.1 fast path of the plain-HTTP listener: the client connection's own task reads each request
-//! head, forwards simple requests over an upstream socket it checks out of the target's pool for that one
-//! exchange, and relays the response, with no HTTP state machine, channel or extra task in between.
+//! The HTTP/1.1 fast path: on a plain-HTTP connection, or a TLS one that chose HTTP/1.1, the client
+//! connection's own task reads each request head, forwards simple requests over an upstream socket it checks
+//! out of the target's pool for that one exchange, and relays the response, with no HTTP state machine,
+//! channel or extra task in between.
 //!
 //! Why: with hyper, a request crosses two HTTP/1 state machines and a channel to the pooled connection's
 //! task, and every idle client connection keeps hyper's read and write buffers. Here the work per request is
 //! four system calls (read the request, write it upstream, read the response, write it back) plus parsing,
 //! and an idle connection holds no buffer: one is taken from the worker's pool only once the socket is
-//! readable, and given back when the exchange is over.
+//! readable, and given back when the exchange is over (over TLS, rustls keeps its own buffers).
 //!
 //! Whatever this path does not handle — upgrades (WebSockets), `Expect`, HTTP/1.0, odd framing, request
 //! buffering with a body, redirects, ACME challenges, error pages for routing (404, maintenance 503, pause)
@@ -44,13 +45,13 @@ const POOLED_BUFFERS: usize = 64;
 
 /// Serves a plain-HTTP client connection until it closes, or returns it (with the bytes already read, in
 /// order) for the hyper path to serve from the request it could not handle.
-pub async fn serve(
-    mut client: TcpStream,
+pub async fn serve<C: ClientIo>(
+    mut client: C,
     info: &ConnectionInfo,
     shared: &Shared,
     idle_timeout: Duration,
     shutdown: &watch::Receiver<bool>,
-) -> Option<Rewind> {
+) -> Option<Rewind<C>> {
     let stop = stopped(shutdown.clone());
     tokio::pin!(stop);
     let mut idle_timer = Timer::new(idle_timeout);
@@ -64,14 +65,27 @@ pub async fn serve(
         if input.as_ref().is_none_or(Buffer::is_empty) {
             input = None;
             out.release();
-            tokio::select! {
-                biased;
-                ready = client.readable() => ready.ok()?,
-                () = &mut stop => return None,
-                () = idle_timer.expired() => return None,
+            // TLS may hold decrypted bytes already: look before waiting for the socket.
+            if !C::HOLDS_INPUT {
+                tokio::select! {
+                    biased;
+                    ready = client.wait_readable() => ready.ok()?,
+                    () = &mut stop => return None,
+                    () = idle_timer.expired() => return None,
+                }
             }
             let mut buffer = Buffer::take();
             match read_now(&mut client, &mut buffer).await {
+                None if C::HOLDS_INPUT => {
+                    drop(buffer);
+                    tokio::select! {
+                        biased;
+                        ready = client.wait_readable() => ready.ok()?,
+                        () = &mut stop => return None,
+                        () = idle_timer.expired() => return None,
+                    }
+                    continue;
+                }
                 None => continue,
                 Some(Ok(0) | Err(_)) => return None,
                 Some(Ok(_)) => input = Some(buffer),
@@ -265,8 +279,8 @@ struct Relay<'a> {
 
 /// Forwards one request and relays its response. Returns whether the client connection stays open.
 #[allow(clippy::too_many_arguments)]
-async fn run_exchange(
-    client: &mut TcpStream,
+async fn run_exchange<C: ClientIo>(
+    client: &mut C,
     input: &mut Buffer,
     out: &mut Vec<u8>,
     exchange: Exchange,
@@ -324,7 +338,7 @@ async fn run_exchange(
             let read = read_response_head(
                 &mut upstream,
                 &mut upstream_buffer,
-                Some((&*client, &mut *input)),
+                client.plain().map(|stream| (stream, &mut *input)),
                 out,
                 close,
                 &relay,
@@ -356,10 +370,10 @@ async fn run_exchange(
     // 1xx interim responses are relayed as they come, then the final head is read.
     while plan.informational {
         upstream_buffer.consume(plan.head_len);
-        if write_all(client, out).await.is_err() {
+        if client.send_all(out).await.is_err() {
             return false;
         }
-        let client_watch = Some((&*client, &mut *input));
+        let client_watch = client.plain().map(|stream| (stream, &mut *input));
         let read = read_response_head(
             &mut upstream,
             &mut upstream_buffer,
@@ -414,9 +428,9 @@ async fn run_exchange(
     if plan.body.is_done() && reusable {
         target.checkin_stream(upstream);
         drop(exchange.claim);
-        return write_all(client, out).await.is_ok() && !close;
+        return client.send_all(out).await.is_ok() && !close;
     }
-    if write_all(client, out).await.is_err() {
+    if client.send_all(out).await.is_err() {
         return false;
     }
 
@@ -432,7 +446,7 @@ async fn run_exchange(
             Ok(0) if until_close => {
                 plan.body = BodyProgress::Done;
                 reusable = false;
-                if write_all(client, http1::LAST_CHUNK).await.is_err() {
+                if client.send_all(http1::LAST_CHUNK).await.is_err() {
                     return false;
                 }
             }
@@ -443,9 +457,9 @@ async fn run_exchange(
                 let written = if until_close {
                     out.clear();
                     append_body(out, &upstream_buffer.filled()[..taken], true);
-                    write_all(client, out).await
+                    client.send_all(out).await
                 } else {
-                    write_all(client, &upstream_buffer.filled()[..taken]).await
+                    client.send_all(&upstream_buffer.filled()[..taken]).await
                 };
                 upstream_buffer.clear();
                 if written.is_err() {
@@ -487,8 +501,8 @@ async fn connect(
 
 /// Sends the rest of a request body as the client sends it. Returns true when the target started
 /// answering first (the relay stops there; the response is read next).
-async fn relay_request_body(
-    client: &mut TcpStream,
+async fn relay_request_body<C: ClientIo>(
+    client: &mut C,
     input: &mut Buffer,
     upstream: &TcpStream,
     body: &mut BodyProgress,
@@ -628,8 +642,8 @@ fn plan_response(
 }
 
 /// Answers the client with the proxy's own error page (or nobody, when the client has gone).
-async fn answer_failure(
-    client: &mut TcpStream,
+async fn answer_failure<C: ClientIo>(
+    client: &mut C,
     out: &mut Vec<u8>,
     exchange: &Exchange,
     shared: &Shared,
@@ -660,7 +674,7 @@ async fn answer_failure(
     }
     out.clear();
     http1::write_own_response(out, status.as_u16(), PageHeaders::CONTENT_TYPE, &body, close);
-    write_all(client, out).await.is_ok() && !close
+    client.send_all(out).await.is_ok() && !close
 }
 
 /// Metrics and the access log line of a request, when its response head is known (as on the hyper path).
@@ -705,9 +719,61 @@ impl HeaderLookup for PageHeaders {
 // ---------------------------------------------------------------------------------------------------------
 // Socket I/O
 
+/// The client side of a fast-path connection: plain TCP, or TLS over TCP (HTTP/1.1 by ALPN).
+pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {
+    /// The stream may hold input already read from the socket (TLS: decrypted bytes), so a read is tried
+    /// before waiting for the socket.
+    const HOLDS_INPUT: bool;
+
+    /// Resolves when the socket under the connection is readable.
+    fn wait_readable(&self) -> impl Future<Output = io::Result<()>> + Send;
+
+    /// Writes all of `data` out (through to the socket).
+    fn send_all(&mut self, data: &[u8]) -> impl Future<Output = io::Result<()>> + Send;
+
+    /// The socket itself when it carries the bytes as they are (plain TCP), so that it can be watched for
+    /// the client's close while an answer is awaited.
+    fn plain(&self) -> Option<&TcpStream>;
+}
+
+impl ClientIo for TcpStream {
+    const HOLDS_INPUT: bool = false;
+
+    fn wait_readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        self.readable()
+    }
+
+    fn send_all(&mut self, data: &[u8]) -> impl Future<Output = io::Result<()>> + Send {
+        write_all(self, data)
+    }
+
+    fn plain(&self) -> Option<&TcpStream> {
+        Some(self)
+    }
+}
+
+impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
+    const HOLDS_INPUT: bool = true;
+
+    fn wait_readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        self.get_ref().0.readable()
+    }
+
+    fn send_all(&mut self, data: &[u8]) -> impl Future<Output = io::Result<()>> + Send {
+        async move {
+            tokio::io::AsyncWriteExt::write_all(self, data).await?;
+            tokio::io::AsyncWriteExt::flush(self).await
+        }
+    }
+
+    fn plain(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
 /// Reads what is there into `buffer`'s free space, waiting if nothing is. Through `AsyncRead`, so a short
 /// read clears tokio's readiness and the next wait goes straight to epoll (no extra `read` returning EAGAIN).
-async fn read_into(stream: &mut TcpStream, buffer: &mut Buffer) -> io::Result<usize> {
+async fn read_into<S: AsyncRead + Unpin>(stream: &mut S, buffer: &mut Buffer) -> io::Result<usize> {
     stream.read_buf(buffer.room()).await
 }
 
@@ -720,7 +786,7 @@ async fn readable(stream: Option<&TcpStream>) -> io::Result<()> {
 }
 
 /// One read attempt: `None` if nothing was there after all (readiness can be stale).
-async fn read_now(stream: &mut TcpStream, buffer: &mut Buffer) -> Option<io::Result<usize>> {
+async fn read_now<S: AsyncRead + Unpin>(stream: &mut S, buffer: &mut Buffer) -> Option<io::Result<usize>> {
     let mut read = std::pin::pin!(stream.read_buf(buffer.room()));
     std::future::poll_fn(|cx| match read.as_mut().poll(cx) {
         Poll::Pending => Poll::Ready(None),
@@ -907,19 +973,19 @@ impl Drop for OutBuffer {
 // Hand-off to the hyper path
 
 /// A client connection handed to the hyper path: the bytes the fast path already read come first.
-pub struct Rewind {
+pub struct Rewind<S> {
     pending: Vec<u8>,
     at: usize,
-    stream: TcpStream,
+    stream: S,
 }
 
-impl Rewind {
-    fn new(stream: TcpStream, pending: &[u8]) -> Rewind {
+impl<S> Rewind<S> {
+    fn new(stream: S, pending: &[u8]) -> Rewind<S> {
         Rewind { pending: pending.to_vec(), at: 0, stream }
     }
 }
 
-impl AsyncRead for Rewind {
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.at < this.pending.len() {
@@ -936,7 +1002,7 @@ impl AsyncRead for Rewind {
     }
 }
 
-impl AsyncWrite for Rewind {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
     }

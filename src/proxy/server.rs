@@ -6,8 +6,8 @@
 //! with no cross-thread wake-ups, and each worker keeps its own upstream connections. The main thread runs
 //! the control plane: the control socket, health checks, state and the metrics endpoint.
 //!
-//! Plain-HTTP connections start on the fast path ([`super::fast_path`]); a connection whose request it does
-//! not handle continues on hyper's HTTP/1 server, as TLS connections always do.
+//! HTTP/1.1 connections (plain, or TLS without `h2` by ALPN) start on the fast path ([`super::fast_path`]); a
+//! connection whose request it does not handle continues on hyper's HTTP/1 server; HTTP/2 is hyper's.
 
 use std::cell::Cell;
 use std::net::{IpAddr, SocketAddr};
@@ -307,7 +307,7 @@ fn run_worker(
                                 acceptor,
                                 http1,
                                 shutdown,
-                                config.shutdown_timeout,
+                                (config.idle_timeout, config.shutdown_timeout),
                                 guard,
                             ));
                         }
@@ -373,7 +373,7 @@ async fn serve_tls(
     acceptor: tokio_rustls::TlsAcceptor,
     http1: Arc<hyper::server::conn::http1::Builder>,
     mut shutdown: watch::Receiver<bool>,
-    shutdown_timeout: Duration,
+    (idle_timeout, shutdown_timeout): (Duration, Duration),
     guard: Arc<()>,
 ) {
     let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await else { return };
@@ -396,7 +396,13 @@ async fn serve_tls(
             }
             drop(guard);
         }
-        _ => serve_http1(tls, info, shared, http1, shutdown, shutdown_timeout, guard).await,
+        // HTTP/1.1: the fast path, as on the plain listener.
+        _ => {
+            let handoff = fast_path::serve(tls, &info, &shared, idle_timeout, &shutdown).await;
+            if let Some(stream) = handoff {
+                Box::pin(serve_http1(stream, info, shared, http1, shutdown, shutdown_timeout, guard)).await;
+            }
+        }
     }
 }
 

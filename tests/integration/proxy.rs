@@ -904,6 +904,31 @@ async fn tls_from_certificate_files_with_http_redirect() {
     let (answer, errors) = curl_https(&ca, "www.secure.test", proxy.https_port, "/").await;
     assert!(answer.ends_with("secure-app"), "{answer}{errors}");
 
+    // HTTP/1.1 over TLS (the fast path when ALPN picks it): two requests on one kept-alive connection.
+    let port = proxy.https_port;
+    let args = vec![
+        "-sS".to_string(),
+        "-i".into(),
+        "-v".into(),
+        "--http1.1".into(),
+        "--max-time".into(),
+        "5".into(),
+        "--cacert".into(),
+        ca.display().to_string(),
+        "--resolve".into(),
+        format!("secure.test:{port}:127.0.0.1"),
+        format!("https://secure.test:{port}/headers"),
+        format!("https://secure.test:{port}/"),
+    ];
+    let output = tokio::task::spawn_blocking(move || Command::new("curl").args(&args).output().expect("run curl"))
+        .await
+        .unwrap();
+    let (answer, errors) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert_eq!(answer.matches("HTTP/1.1 200").count(), 2, "{answer}{errors}");
+    assert!(answer.contains("\"x-forwarded-proto\":\"https\""), "{answer}");
+    assert!(answer.ends_with("secure-app"), "{answer}{errors}");
+    assert!(errors.to_ascii_lowercase().contains("re-us"), "one connection for both: {errors}");
+
     let redirect = get(proxy.http_port, "secure.test", "/path?q=1").await;
     assert_eq!(redirect.status, StatusCode::MOVED_PERMANENTLY);
     assert_eq!(redirect.headers["location"], format!("https://secure.test:{}/path?q=1", proxy.https_port));
