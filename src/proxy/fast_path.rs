@@ -759,11 +759,10 @@ impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
         self.get_ref().0.readable()
     }
 
-    fn send_all(&mut self, data: &[u8]) -> impl Future<Output = io::Result<()>> + Send {
-        async move {
-            tokio::io::AsyncWriteExt::write_all(self, data).await?;
-            tokio::io::AsyncWriteExt::flush(self).await
-        }
+    async fn send_all(&mut self, data: &[u8]) -> io::Result<()> {
+        // rustls keeps what is written until flushed.
+        tokio::io::AsyncWriteExt::write_all(self, data).await?;
+        tokio::io::AsyncWriteExt::flush(self).await
     }
 
     fn plain(&self) -> Option<&TcpStream> {
