@@ -1,5 +1,8 @@
 //! The persisted routing state: written atomically (temp file, fsync, rename, fsync of the directory) and
 //! restored service by service, so one bad entry is reported and skipped instead of emptying the table.
+//! kamal-proxy's own file is kept beside it ([`kamal`]), so either proxy can take over the other's host.
+
+mod kamal;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -10,8 +13,8 @@ use super::ProxyError;
 use super::options::ServiceOptions;
 use super::router::{PauseState, RolloutSplit};
 
-/// The state file's name inside the state directory (kamal-proxy's own file is `kamal-proxy.state`; the
-/// formats differ, so berth keeps its own).
+/// The state file's name inside the state directory (kamal-proxy's own file, `kamal-proxy.state`, is written
+/// beside it in kamal-proxy's format).
 pub const STATE_FILE: &str = "berth-proxy.state.json";
 
 const FORMAT_VERSION: u32 = 1;
@@ -40,19 +43,30 @@ pub fn state_path(dir: &Path) -> PathBuf {
     dir.join(STATE_FILE)
 }
 
-/// Writes the state so that a crash at any point leaves either the old or the new file, never a torn one.
+/// Writes the state so that a crash at any point leaves either the old or the new file, never a torn one; first
+/// kamal-proxy's copy (best effort: it only matters if kamal-proxy replaces this proxy), then berth's, which so
+/// is never older than kamal-proxy's unless kamal-proxy wrote after it (see [`load`]).
 pub fn save(path: &Path, services: &[PersistedService]) -> Result<(), ProxyError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    if let Ok(kamal_json) = kamal::export(services, dir) {
+        let _ = write_atomically(&dir.join(kamal::STATE_FILE), &kamal_json);
+    }
+    let json = serde_json::to_vec_pretty(&StateFile { version: FORMAT_VERSION, services: services.to_vec() })
+        .map_err(|e| ProxyError::Protocol(format!("cannot encode state: {e}")))?;
+    write_atomically(path, &json)
+}
+
+/// Temp file, fsync, rename over `path`, fsync of the directory.
+fn write_atomically(path: &Path, json: &[u8]) -> Result<(), ProxyError> {
     let io = |action: &'static str, path: &Path| {
         let path = path.to_path_buf();
         move |source| ProxyError::Io { action, path, source }
     };
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io("create state directory", dir))?;
-    let json = serde_json::to_vec_pretty(&StateFile { version: FORMAT_VERSION, services: services.to_vec() })
-        .map_err(|e| ProxyError::Protocol(format!("cannot encode state: {e}")))?;
     let temp = path.with_extension(format!("tmp.{}", std::process::id()));
     let mut file = std::fs::File::create(&temp).map_err(io("create", &temp))?;
-    file.write_all(&json).map_err(io("write", &temp))?;
+    file.write_all(json).map_err(io("write", &temp))?;
     file.sync_all().map_err(io("fsync", &temp))?;
     drop(file);
     std::fs::rename(&temp, path).map_err(io("rename into place", path))?;
@@ -63,8 +77,26 @@ pub fn save(path: &Path, services: &[PersistedService]) -> Result<(), ProxyError
     Ok(())
 }
 
-/// Reads the state: every service that decodes, plus a description of each entry that did not.
+/// Reads the state: every service that decodes, plus a description of each entry that did not. kamal-proxy's
+/// file is read instead when it is newer than berth's (kamal-proxy ran here since) or berth's is missing.
 pub fn load(path: &Path) -> (Vec<PersistedService>, Vec<String>) {
+    let kamal_path = path.parent().unwrap_or(Path::new(".")).join(kamal::STATE_FILE);
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    if let Some(kamal_time) = modified(&kamal_path)
+        && modified(path).is_none_or(|berth_time| kamal_time > berth_time)
+    {
+        return match std::fs::read(&kamal_path) {
+            Ok(text) => {
+                let (services, mut notes) = kamal::import(&text);
+                notes.insert(
+                    0,
+                    format!("restoring {} service(s) from kamal-proxy's {}", services.len(), kamal_path.display()),
+                );
+                (services, notes)
+            }
+            Err(e) => (Vec::new(), vec![format!("cannot read {}: {e}", kamal_path.display())]),
+        };
+    }
     let text = match std::fs::read(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (Vec::new(), Vec::new()),
@@ -120,8 +152,9 @@ mod tests {
         let (services, problems) = load(&path);
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(services, vec![service("a"), service("b")]);
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+        let mut leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        leftovers.sort();
+        assert_eq!(leftovers, [STATE_FILE, kamal::STATE_FILE], "no temporary file stays");
     }
 
     #[test]
@@ -136,6 +169,27 @@ mod tests {
         assert_eq!(services, vec![service("b")]);
         assert_eq!(problems.len(), 1);
         assert!(problems[0].contains("\"a\""), "{problems:?}");
+    }
+
+    #[test]
+    fn kamal_proxys_file_is_kept_beside_and_read_when_newer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = state_path(dir.path());
+        save(&path, &[service("a")]).unwrap();
+        let kamal_path = dir.path().join(kamal::STATE_FILE);
+        assert!(kamal_path.exists(), "kamal-proxy's copy is written too");
+        let (services, notes) = load(&path);
+        assert_eq!((services, notes), (vec![service("a")], vec![]), "berth's own file wins when not older");
+
+        // kamal-proxy replaced berth's proxy and deployed another version: its file is newer.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut kamal_json: serde_json::Value = serde_json::from_slice(&std::fs::read(&kamal_path).unwrap()).unwrap();
+        kamal_json[0]["active_targets"] = serde_json::json!(["a-2:80"]);
+        std::fs::write(&kamal_path, serde_json::to_vec(&kamal_json).unwrap()).unwrap();
+        let (services, notes) = load(&path);
+        assert_eq!(services[0].targets, ["a-2:80"]);
+        assert_eq!(services[0].pause, PauseState::Stopped { message: "back soon".into() });
+        assert!(notes[0].contains("from kamal-proxy's"), "{notes:?}");
     }
 
     #[test]
