@@ -33,7 +33,7 @@ use tokio::sync::Semaphore;
 use crate::command::{Cmd, quote};
 use connection::Connection;
 pub use error::SshError;
-use exec::Stdin;
+use exec::{Stdin, Stdout};
 pub use openssh_client::terminal_session_args;
 
 /// How SSH reaches the hosts: Kamal's `ssh:` settings plus berth's own (host key policy, timeouts).
@@ -323,6 +323,22 @@ impl SshPool {
         }
     }
 
+    /// Like [`SshPool::run`], with the command's standard output written to `stdout` as it arrives (binary, any
+    /// size, e.g. `docker save`) instead of being split into lines; stderr lines still go to `lines`.
+    pub async fn run_with_stdout_to(
+        &self,
+        host: &str,
+        cmd: &Cmd,
+        stdout: &mut (dyn AsyncWrite + Unpin + Send),
+        lines: &dyn LineSink,
+    ) -> Result<CommandOutput, SshError> {
+        let stdin = cmd.stdin().unwrap_or_default();
+        let session = self.session_channel(host).await?;
+        let time_limit = self.shared.config.command_timeout;
+        exec::run(session.channel, host, cmd.script(), Stdin::Bytes(stdin), Stdout::Writer(stdout), lines, time_limit)
+            .await
+    }
+
     async fn execute(
         &self,
         host: &str,
@@ -331,7 +347,7 @@ impl SshPool {
         lines: &dyn LineSink,
     ) -> Result<CommandOutput, SshError> {
         let session = self.session_channel(host).await?;
-        exec::run(session.channel, host, script, stdin, lines, self.shared.config.command_timeout).await
+        exec::run(session.channel, host, script, stdin, Stdout::Lines, lines, self.shared.config.command_timeout).await
     }
 
     /// A session channel on `host`'s connection. A connection found dead when opening the channel (nothing has

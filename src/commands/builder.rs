@@ -317,9 +317,12 @@ pub fn platforms(arches: &[String]) -> Option<String> {
 /// and push both (buildx: in one step; classic: `docker build` then `docker push`).
 pub fn remote_build_push(config: &Config, version: &str, no_cache: bool, how: &RemoteBuild) -> Cmd {
     match how {
+        // Local registry mode: the image stays in the builder's engine, for berth to send to the hosts.
+        RemoteBuild::Classic if config.registry.is_local() => classic_build(config, version, no_cache, "-"),
         RemoteBuild::Classic => classic_build(config, version, no_cache, "-").and(push_tags(config, version)),
         RemoteBuild::Buildx { platforms, builder, secrets_dir } => {
-            let mut cmd = docker().args(["buildx", "build", "--output=type=registry"]);
+            let output = if config.registry.is_local() { "--load" } else { "--output=type=registry" };
+            let mut cmd = docker().args(["buildx", "build", output]);
             if let Some(platforms) = platforms {
                 cmd = cmd.arg("--platform").arg(platforms);
             }
@@ -345,6 +348,11 @@ pub fn image_id(config: &Config, version: &str) -> Cmd {
 /// `docker save --output <file> <image:version>`: the image as a tar, on the deployer (local registry mode).
 pub fn save(config: &Config, version: &str, file: &str) -> Cmd {
     docker().args(["save", "--output"]).arg(file).arg(names::image(config, version))
+}
+
+/// On a remote builder: `docker save <image:version>`, the tar on stdout.
+pub fn save_to_stdout(config: &Config, version: &str) -> Cmd {
+    docker().arg("save").arg(names::image(config, version))
 }
 
 /// On a host: `docker load --quiet`, the image tar on stdin (local registry mode, instead of a pull).
@@ -573,6 +581,12 @@ mod tests {
             "docker save --output /tmp/berth-image-1.tar localhost:5000/dhh/app:123"
         );
         assert_eq!(super::load().script(), "docker load --quiet");
+        assert_eq!(save_to_stdout(&config, "123").script(), "docker save localhost:5000/dhh/app:123");
+        let remote = builder_config("  arch: amd64\n  remote: ssh://app@host\n  local: false\n", LOCAL_REGISTRY);
+        assert_eq!(
+            remote_build_push(&remote, "123", false, &RemoteBuild::Classic).script(),
+            "DOCKER_BUILDKIT=0 docker build --quiet -t localhost:5000/dhh/app:123 -t localhost:5000/dhh/app:latest --label service=\"app\" --file Dockerfile -"
+        );
     }
 
     #[test]

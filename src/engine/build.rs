@@ -24,15 +24,8 @@ impl Engine {
         };
         self.run_hook("pre-build", &[]).await?;
         if config.registry.is_local() {
-            // The image goes from this engine to each host with `docker save`/`docker load` (see `image_transfer`).
-            if builder.remote.is_some()
-                && commands::builder::kind(config, local_arch) != commands::builder::BuilderKind::Local
-            {
-                return Err(EngineError::Refused(format!(
-                    "registry.server {} (local registry mode) with builder.remote: berth sends images from the local Docker engine to the hosts, so build locally (remove builder.remote or set builder.local: true with your local arch), or use a real registry",
-                    config.registry.server.as_deref().unwrap_or_default()
-                )));
-            }
+            // The image goes from the engine that built it (here, or the remote builder's) to each host with
+            // `docker save`/`docker load` (see `image_transfer`).
             if commands::builder::arches(config).len() > 1 {
                 return Err(EngineError::Refused(format!(
                     "local registry mode sends one image to the hosts, but builder.arch asks for {}: build the hosts' architecture only, or use a real registry",
@@ -42,9 +35,7 @@ impl Engine {
         }
         // Every arch on an `ssh://` remote builder: berth drives it over its own SSH connection. A hybrid build
         // (some arches here, some there) needs one buildx builder with both nodes: Kamal's way, below.
-        if commands::builder::kind(config, local_arch) == commands::builder::BuilderKind::Remote
-            && let Some(address) = builder.remote.as_deref().and_then(commands::builder::ssh_builder_address)
-        {
+        if let Some(address) = self.ssh_remote_builder() {
             return self.build_push_on_remote_builder(&address, options).await;
         }
 

@@ -85,6 +85,20 @@ impl Remote {
         succeeded(host, cmd, output)
     }
 
+    /// Runs `cmd` on `host` with its standard output written to `stdout` (binary, e.g. `docker save`); a
+    /// non-zero exit is an error as with [`Remote::run`].
+    pub async fn run_with_stdout_to(
+        &self,
+        host: &str,
+        cmd: &Cmd,
+        stdout: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
+    ) -> Result<CommandOutput, EngineError> {
+        self.sink.emit(Event::Command { host: Some(host.to_string()), text: cmd.to_string() });
+        let lines = SinkLines { sink: self.sink.as_ref() };
+        let output = self.ssh.run_with_stdout_to(host, cmd, stdout, &lines).await?;
+        succeeded(host, cmd, output)
+    }
+
     /// Runs `cmd` and reports it as one step (`[host] text (0.12s)`), failed or not.
     pub async fn step(&self, host: &str, text: &str, cmd: &Cmd) -> Result<CommandOutput, EngineError> {
         let started = Instant::now();

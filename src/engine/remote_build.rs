@@ -22,25 +22,44 @@ impl Engine {
         address: &SshBuilderAddress,
         options: DeployOptions,
     ) -> Result<(), EngineError> {
-        let config = &self.config;
-        let host = address.host.as_str();
-        // Reached directly (not through `ssh.proxy`, which leads to the app hosts), as `docker -H ssh://…` would.
+        let builder_remote = self.builder_connection(address);
+        let result = self.build_on(&builder_remote, &address.host, options).await;
+        builder_remote.ssh().close().await;
+        result.map_err(|error| self.explain_builder_error(error))
+    }
+
+    /// The remote builder in use: every arch on an `ssh://` `builder.remote`.
+    pub(super) fn ssh_remote_builder(&self) -> Option<SshBuilderAddress> {
+        let local_arch = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            other => other,
+        };
+        (builder::kind(&self.config, local_arch) == builder::BuilderKind::Remote)
+            .then(|| self.config.builder.remote.as_deref().and_then(builder::ssh_builder_address))
+            .flatten()
+    }
+
+    /// A connection to the remote builder: reached directly (not through `ssh.proxy`, which leads to the app
+    /// hosts), as `docker -H ssh://…` would, with the URL's user.
+    pub(super) fn builder_connection(&self, address: &SshBuilderAddress) -> Remote {
         let mut ssh_config = self.remote().ssh().config().clone();
         if let Some(user) = &address.user {
             ssh_config.user = user.clone();
         }
         ssh_config.proxy = None;
-        let builder_remote = Remote::new(SshPool::new(ssh_config), self.sink.clone());
-        let result = self.build_on(&builder_remote, host, options).await;
-        builder_remote.ssh().close().await;
-        result.map_err(|error| match error {
-            // Say which machine this was: the builder is not one of the hosts the rest of the output names.
+        Remote::new(SshPool::new(ssh_config), self.sink.clone())
+    }
+
+    /// Says which machine an SSH failure was on: the builder is not one of the hosts the output names.
+    pub(super) fn explain_builder_error(&self, error: EngineError) -> EngineError {
+        match error {
             EngineError::Ssh(ssh) => {
-                let remote = config.builder.remote.as_deref().unwrap_or_default();
+                let remote = self.config.builder.remote.as_deref().unwrap_or_default();
                 EngineError::Refused(format!("the remote builder ({remote}) could not be used: {ssh}"))
             }
             other => other,
-        })
+        }
     }
 
     async fn build_on(&self, remote: &Remote, host: &str, options: DeployOptions) -> Result<(), EngineError> {
@@ -95,7 +114,8 @@ impl Engine {
         }
         result?;
         let image = names::image(config, &config.version);
-        remote.report(host, &format!("Built and pushed {image} on the remote builder"), started, true);
+        let done = if config.registry.is_local() { "Built" } else { "Built and pushed" };
+        remote.report(host, &format!("{done} {image} on the remote builder"), started, true);
         Ok(())
     }
 

@@ -90,6 +90,14 @@ pub enum SshError {
     #[error("SSH protocol error with {host}: {cause}")]
     Protocol { host: String, cause: String },
 
+    #[error("saving the output of `{command}` on {host} failed: {source}")]
+    StdoutWrite {
+        host: String,
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+
     #[error("reading the input to stream to `{command}` on {host} failed: {source}")]
     StdinRead {
         host: String,

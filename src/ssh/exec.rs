@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use russh::client::Msg;
 use russh::{Channel, ChannelMsg, Sig};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::error::SshError;
 use super::{CommandOutput, LineSink, OutputStream};
@@ -35,12 +35,21 @@ pub(crate) fn shown_command(script: &str) -> String {
     }
 }
 
+/// Where the command's standard output goes.
+pub(crate) enum Stdout<'a> {
+    /// Split into lines for the sink and collected into the [`CommandOutput`].
+    Lines,
+    /// Written as is (binary, any size, e.g. `docker save`); the output's `stdout` stays empty.
+    Writer(&'a mut (dyn AsyncWrite + Unpin + Send)),
+}
+
 /// Runs `script` on `channel` and waits for its exit status.
 pub(crate) async fn run(
     channel: Channel<Msg>,
     host: &str,
     script: &str,
     stdin: Stdin<'_>,
+    stdout_to: Stdout<'_>,
     lines: &dyn LineSink,
     time_limit: Option<Duration>,
 ) -> Result<CommandOutput, SshError> {
@@ -78,9 +87,20 @@ pub(crate) async fn run(
         let mut stderr = LineSplitter::new(OutputStream::Stderr);
         let mut exit_status = None;
         let mut exec_refused = false;
+        let mut stdout_to = stdout_to;
+        let mut write_failure = None;
         while let Some(message) = reader.wait().await {
             match message {
-                ChannelMsg::Data { data } => stdout.push(&data, host, lines),
+                ChannelMsg::Data { data } => match &mut stdout_to {
+                    Stdout::Lines => stdout.push(&data, host, lines),
+                    Stdout::Writer(writer) => {
+                        if write_failure.is_none()
+                            && let Err(error) = writer.write_all(&data).await
+                        {
+                            write_failure = Some(error);
+                        }
+                    }
+                },
                 ChannelMsg::ExtendedData { data, ext: 1 } => stderr.push(&data, host, lines),
                 ChannelMsg::ExitStatus { exit_status: status } => exit_status = Some(status),
                 ChannelMsg::ExitSignal { signal_name, error_message, .. } => {
@@ -95,7 +115,12 @@ pub(crate) async fn run(
         }
         stdout.finish(host, lines);
         stderr.finish(host, lines);
-        (exit_status, exec_refused, stdout.collected, stderr.collected)
+        if let (Stdout::Writer(writer), None) = (&mut stdout_to, &write_failure)
+            && let Err(error) = writer.flush().await
+        {
+            write_failure = Some(error);
+        }
+        (exit_status, exec_refused, stdout.collected, stderr.collected, write_failure)
     };
 
     let give_up = async {
@@ -107,7 +132,7 @@ pub(crate) async fn run(
 
     tokio::pin!(feed_stdin, collect_output, give_up);
     let mut feeding = true;
-    let (exit_status, exec_refused, stdout, stderr) = loop {
+    let (exit_status, exec_refused, stdout, stderr, write_failure) = loop {
         tokio::select! {
             fed = &mut feed_stdin, if feeding => {
                 feeding = false;
@@ -127,6 +152,9 @@ pub(crate) async fn run(
             }
         }
     };
+    if let Some(source) = write_failure {
+        return Err(SshError::StdoutWrite { host: host.into(), command: shown_command(script), source });
+    }
     match exit_status {
         Some(exit_status) => Ok(CommandOutput {
             exit_status,

@@ -610,6 +610,23 @@ fn builder_remote_builds_on_the_builder_over_ssh() {
     let out = d.berth(&["build", "push"]);
     assert!(out.err().contains(&format!("needs `docker buildx` on the remote builder {builder_ip}")), "{}", out.stderr);
     assert!(!out.stderr.contains(SECRET_TOKEN) && !out.stdout.contains(SECRET_TOKEN));
+
+    // Local registry mode with the remote builder: the image is saved from the builder's engine over SSH and
+    // loaded on the host; no registry is involved (none listens on localhost:5555).
+    let registry_section = format!(
+        "registry:\n  server: {}\n  username: {}\n  password:\n    - KAMAL_REGISTRY_PASSWORD\n",
+        d.bench.registry().addr,
+        d.bench.registry().user
+    );
+    assert!(config.contains(&registry_section), "{config}");
+    d.project.write("config/deploy.yml", &config.replace(&registry_section, "registry:\n  server: localhost:5555\n"));
+    let out = d.berth(&["deploy", "--version", "from-builder"]);
+    let image = "localhost:5555/berth-test-app:from-builder";
+    let shown = out.ok();
+    assert!(shown.contains(&format!("[{builder_ip}] Built {image} on the remote builder")), "{shown}");
+    assert!(shown.contains(&format!("[{}] Sent {image}", h1.ip)), "{shown}");
+    assert_eq!(d.get(&h1, "/env/KAMAL_VERSION").body, "from-builder");
+    assert_eq!(d.version_served(&h1), "built");
 }
 
 #[test]
