@@ -373,6 +373,7 @@ fn ssh_config(
     ssh_config.host_key_policy = if trust_new_host_keys { HostKeyPolicy::AcceptNew } else { HostKeyPolicy::Strict };
     ssh_config.max_concurrent_starts = config.sshkit.max_concurrent_starts.max(1) as usize;
     ssh_config.dns_retries = config.sshkit.dns_retries.min(10) as u32;
+    ssh_config.idle_timeout = Some(Duration::from_secs(config.sshkit.pool_idle_timeout.max(1)));
     if let Some(seconds) = env.get("BERTH_SSH_CONNECT_TIMEOUT").and_then(|s| s.parse().ok()) {
         ssh_config.connect_timeout = Duration::from_secs(seconds);
     }

@@ -69,6 +69,9 @@ pub struct SshConfig {
     pub command_timeout: Option<Duration>,
     /// Keepalives are sent after this much silence; three unanswered ones drop the connection.
     pub keepalive_interval: Duration,
+    /// A connection on which no command ran for this long is closed (SSHKit's `pool_idle_timeout`, default
+    /// 900 s; `None` keeps connections open); the next command to that host opens a new one.
+    pub idle_timeout: Option<Duration>,
     /// How many times a host name that did not resolve is looked up again (SSHKit's `dns_retries`, default 3).
     pub dns_retries: u32,
     /// How many connections may be in set-up at once (SSHKit's `max_concurrent_starts`).
@@ -99,6 +102,7 @@ impl Default for SshConfig {
             connect_timeout: Duration::from_secs(10),
             command_timeout: None,
             keepalive_interval: Duration::from_secs(30),
+            idle_timeout: Some(Duration::from_secs(900)),
             dns_retries: 3,
             max_concurrent_starts: 30,
             max_sessions_per_connection: 10,
@@ -124,6 +128,7 @@ impl fmt::Debug for SshConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
             .field("keepalive_interval", &self.keepalive_interval)
+            .field("idle_timeout", &self.idle_timeout)
             .field("dns_retries", &self.dns_retries)
             .field("max_concurrent_starts", &self.max_concurrent_starts)
             .field("max_sessions_per_connection", &self.max_sessions_per_connection)
@@ -229,6 +234,8 @@ struct PoolShared {
     hosts: Mutex<HashMap<String, Arc<HostSlot>>>,
     connection_starts: Semaphore,
     known_hosts_writes: Arc<Mutex<()>>,
+    /// Set once the task that closes idle connections runs (started with the first connection, on its runtime).
+    idle_reaper_started: std::sync::atomic::AtomicBool,
 }
 
 /// A host's connection, if open. Locked across connecting.
@@ -249,6 +256,7 @@ impl SshPool {
                 hosts: Mutex::new(HashMap::new()),
                 connection_starts: Semaphore::new(starts),
                 known_hosts_writes: Arc::new(Mutex::new(())),
+                idle_reaper_started: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -393,10 +401,41 @@ impl SshPool {
         let connection =
             Arc::new(Connection::open(&self.shared.config, &route, &self.shared.known_hosts_writes).await?);
         *current = Some(Arc::clone(&connection));
+        self.start_idle_reaper();
         Ok(connection)
     }
 
     /// Drops `dead` from `host`'s slot (unless it was replaced already), so the next use reconnects.
+    /// Starts (once) the task that closes connections idle for `idle_timeout`. It holds the pool weakly and ends
+    /// with it.
+    fn start_idle_reaper(&self) {
+        use std::sync::atomic::Ordering;
+        let Some(idle) = self.shared.config.idle_timeout else { return };
+        if self.shared.idle_reaper_started.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let pool = Arc::downgrade(&self.shared);
+        let every = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(shared) = pool.upgrade() else { return };
+                let slots: Vec<Arc<HostSlot>> =
+                    shared.hosts.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+                drop(shared);
+                for slot in slots {
+                    // A slot being connected (locked) is in use.
+                    let Ok(mut current) = slot.try_lock() else { continue };
+                    // Only the pool holds it (no unix-socket stream), no command runs, none ran for `idle`.
+                    if let Some(connection) = current.take_if(|c| Arc::strong_count(c) == 1 && c.is_idle_for(idle)) {
+                        drop(current);
+                        connection.disconnect().await;
+                    }
+                }
+            }
+        });
+    }
+
     fn forget(&self, host: &str, dead: &Arc<Connection>) {
         let slot = self.slot(host);
         if let Ok(mut current) = slot.try_lock()

@@ -28,12 +28,28 @@ pub(crate) struct Connection {
     _via: Option<Arc<Connection>>,
     /// The `proxy_command` process carrying this connection, killed when it is dropped.
     _proxy_process: Option<tokio::process::Child>,
+    /// When a channel was last opened or a command ended, for closing connections left idle (see
+    /// [`Connection::is_idle_for`]).
+    last_used: Arc<std::sync::Mutex<std::time::Instant>>,
+    /// How many session channels may be open at once.
+    session_capacity: usize,
 }
 
 /// A session channel and its slot on the connection.
 pub(crate) struct SessionChannel {
     pub channel: Channel<Msg>,
+    // Dropped in this order: marked used, then the slot freed, so the connection never looks idle in between.
+    _marks_used: MarksUsedOnDrop,
     _slot: OwnedSemaphorePermit,
+}
+
+/// When the command ends (its channel's slot is released), the connection's idle time starts anew.
+struct MarksUsedOnDrop(Arc<std::sync::Mutex<std::time::Instant>>);
+
+impl Drop for MarksUsedOnDrop {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
+    }
 }
 
 impl Connection {
@@ -67,6 +83,17 @@ impl Connection {
         }
     }
 
+    /// Whether no command has run on this connection for `idle` and none runs now. Unix-socket streams hold
+    /// their own reference to the connection; the caller checks for those.
+    pub fn is_idle_for(&self, idle: std::time::Duration) -> bool {
+        let last_used = *self.last_used.lock().unwrap_or_else(|p| p.into_inner());
+        self.session_slots.available_permits() == self.session_capacity && last_used.elapsed() >= idle
+    }
+
+    fn mark_used(&self) {
+        *self.last_used.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
+    }
+
     pub fn is_closed(&self) -> bool {
         self.handle.is_closed()
     }
@@ -74,12 +101,14 @@ impl Connection {
     /// Opens a session channel, waiting for a free slot first.
     pub async fn open_session(&self) -> Result<SessionChannel, SshError> {
         let slot = Arc::clone(&self.session_slots).acquire_owned().await.expect("the slots are never closed");
+        self.mark_used();
         let channel = self.handle.channel_open_session().await.map_err(|e| self.channel_error("session", e))?;
-        Ok(SessionChannel { channel, _slot: slot })
+        Ok(SessionChannel { channel, _marks_used: MarksUsedOnDrop(Arc::clone(&self.last_used)), _slot: slot })
     }
 
     /// Opens a channel to a Unix socket on the host (`direct-streamlocal@openssh.com`).
     pub async fn open_unix_socket(&self, path: &str) -> Result<Channel<Msg>, SshError> {
+        self.mark_used();
         self.handle.channel_open_direct_streamlocal(path).await.map_err(|e| self.channel_error("unix socket", e))
     }
 
@@ -176,6 +205,8 @@ async fn connect_endpoint(
         handle,
         label: endpoint.label.clone(),
         session_slots: Arc::new(Semaphore::new(config.max_sessions_per_connection.max(1))),
+        last_used: Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
+        session_capacity: config.max_sessions_per_connection.max(1),
         _via: via,
         _proxy_process: proxy_process,
     })

@@ -455,6 +455,23 @@ fn a_killed_connection_is_reopened_on_next_use() {
 }
 
 #[test]
+fn an_idle_connection_is_closed_and_reopened_when_needed() {
+    let bench = Bench::start(1);
+    let host = bench.host(1);
+    let pool = SshPool::new(SshConfig { idle_timeout: Some(Duration::from_secs(2)), ..bench_config(&bench) });
+    block_on(async {
+        // A command longer than the idle time keeps its connection: idle time counts from its end.
+        ok(pool.run(&host.ip, &sh("sleep 3; echo done"), &DiscardLines).await);
+        assert_eq!(connection_processes(host).len(), 1);
+        Bench::wait_for("the idle connection to be closed", Duration::from_secs(20), || {
+            connection_processes(host).is_empty().then_some(())
+        });
+        assert_eq!(ok(pool.run(&host.ip, &sh("echo again"), &DiscardLines).await).stdout, "again\n");
+        assert_eq!(accepted_connections(&bench, host), 2, "one new connection for the next command");
+    });
+}
+
+#[test]
 fn a_host_is_reached_through_a_jump_host_set_in_config_or_in_an_openssh_config_file() {
     let bench = Bench::start(2);
     let (jump, target) = (bench.host(1), bench.host(2));
