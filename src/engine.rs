@@ -336,6 +336,7 @@ fn ssh_config(
     ssh_config.keys_only = ssh.keys_only.unwrap_or(false);
     ssh_config.use_agent = !ssh_config.keys_only && env.get("SSH_AUTH_SOCK").is_some();
     ssh_config.agent_socket = env.get("SSH_AUTH_SOCK").map(PathBuf::from);
+    ssh_config.forward_agent = ssh.forward_agent.unwrap_or(false);
     ssh_config.proxy = ssh.proxy.as_deref().map(crate::ssh::JumpHost::parse).transpose()?;
     // As Kamal: a jump host (`proxy`) wins over `proxy_command`.
     if ssh_config.proxy.is_none() {

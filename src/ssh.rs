@@ -54,6 +54,8 @@ pub struct SshConfig {
     pub use_agent: bool,
     /// The agent's socket; `None` reads `SSH_AUTH_SOCK` when connecting.
     pub agent_socket: Option<PathBuf>,
+    /// Let commands on the hosts use this machine's agent (Kamal's `ssh.forward_agent`, OpenSSH's `-A`).
+    pub forward_agent: bool,
     /// A jump host every connection goes through (Kamal's `ssh.proxy`).
     pub proxy: Option<JumpHost>,
     /// A local command whose stdin/stdout carry each connection instead of TCP (Kamal's `ssh.proxy_command`,
@@ -95,6 +97,7 @@ impl Default for SshConfig {
             keys_only: false,
             use_agent: true,
             agent_socket: None,
+            forward_agent: false,
             proxy: None,
             proxy_command: None,
             known_hosts_files: home.iter().map(|h| h.join(".ssh/known_hosts")).collect(),
@@ -121,6 +124,7 @@ impl fmt::Debug for SshConfig {
             .field("keys_only", &self.keys_only)
             .field("use_agent", &self.use_agent)
             .field("agent_socket", &self.agent_socket)
+            .field("forward_agent", &self.forward_agent)
             .field("proxy", &self.proxy)
             .field("proxy_command", &self.proxy_command)
             .field("known_hosts_files", &self.known_hosts_files)
@@ -366,7 +370,13 @@ impl SshPool {
             let connection = self.connection(host).await?;
             let opened = tokio::time::timeout(self.shared.config.connect_timeout, connection.open_session()).await;
             match opened {
-                Ok(Ok(channel)) => return Ok(channel),
+                Ok(Ok(session)) => {
+                    if self.shared.config.forward_agent {
+                        // Asked per session, as OpenSSH does; the host's sshd then offers SSH_AUTH_SOCK to it.
+                        let _ = session.channel.agent_forward(false).await;
+                    }
+                    return Ok(session);
+                }
                 Ok(Err(SshError::Disconnected { .. })) | Err(_) if !retried => {
                     retried = true;
                     self.forget(host, &connection);

@@ -143,6 +143,7 @@ async fn connect_endpoint(
         files: endpoint.known_hosts_files.clone(),
         policy: config.host_key_policy,
         writes: Arc::clone(known_hosts_writes),
+        forward_agent_to: config.forward_agent.then(|| agent_socket(config)).flatten(),
     };
     let client_config = Arc::new(client_config(config, endpoint));
     let mut proxy_process = None;
@@ -331,6 +332,8 @@ struct HostKeyCheck {
     policy: HostKeyPolicy,
     /// Serialises recording new keys, so two connections do not append at once.
     writes: Arc<Mutex<()>>,
+    /// The local agent that forwarded-agent channels from the host reach (`ssh.forward_agent`), if any.
+    forward_agent_to: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -388,6 +391,25 @@ impl client::Handler for HostKeyCheck {
             // berth does not advertise certificate algorithms, so a server has no reason to send one.
             PublicKeyOrCertificate::Certificate(_) => Ok(false),
         }
+    }
+
+    /// A program on the host talks to the forwarded agent: relay the channel to the local agent's socket.
+    /// Without `ssh.forward_agent` (or without an agent here) the channel is refused.
+    async fn server_channel_open_agent_forward(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: russh::client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), HandshakeError> {
+        let Some(socket) = self.forward_agent_to.clone() else { return Ok(()) };
+        reply.accept().await;
+        tokio::spawn(async move {
+            if let Ok(mut agent) = tokio::net::UnixStream::connect(&socket).await {
+                let mut stream = channel.into_stream();
+                let _ = tokio::io::copy_bidirectional(&mut stream, &mut agent).await;
+            }
+        });
+        Ok(())
     }
 }
 

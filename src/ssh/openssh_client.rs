@@ -36,6 +36,9 @@ pub fn terminal_session_args(
     if !config.use_agent {
         option("IdentityAgent=none".into());
     }
+    if config.forward_agent {
+        option("ForwardAgent=yes".into());
+    }
     // berth reads only the configuration files `ssh.config` names; so does this session (`ssh` takes one -F).
     args.push("-F".into());
     args.push(config.ssh_config_files.first().map_or_else(|| "/dev/null".into(), |path| path.display().to_string()));
@@ -91,8 +94,10 @@ mod tests {
              -o IdentityAgent=none -F /p/ssh_config -i /home/a/.ssh/id_ed25519 -J jump@bastion:22 deploy@2001:db8::1 sh"
         );
         config.proxy = None;
+        config.forward_agent = true;
         config.proxy_command = Some("cloudflared access ssh --hostname %h".into());
         let args = terminal_session_args(&config, "app1", &[], "sh").unwrap();
         assert!(args.windows(2).any(|w| w == ["-o", "ProxyCommand=cloudflared access ssh --hostname %h"]), "{args:?}");
+        assert!(args.windows(2).any(|w| w == ["-o", "ForwardAgent=yes"]), "{args:?}");
     }
 }

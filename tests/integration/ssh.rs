@@ -540,6 +540,32 @@ fn a_proxy_command_carries_the_connection_and_explains_its_failure() {
     });
 }
 
+#[test]
+fn the_agent_is_forwarded_only_when_asked() {
+    let bench = Bench::start(1);
+    let host = bench.host(1);
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path());
+    agent.add(bench.ssh_key());
+    block_on(async {
+        let with_agent = |forward_agent| SshConfig {
+            agent_socket: Some(agent.socket.clone()),
+            forward_agent,
+            ..bench_config(&bench)
+        };
+        // `ssh-add -l` on the host lists the keys of the agent it reaches: this machine's, forwarded.
+        let pool = SshPool::new(with_agent(true));
+        let listed = ok(pool.run(&host.ip, &sh("ssh-add -l"), &DiscardLines).await);
+        assert_eq!(listed.exit_status, 0, "{listed:?}");
+        assert!(listed.stdout.contains("ED25519") || listed.stdout.contains("SHA256:"), "{listed:?}");
+        pool.close().await;
+        // Without forward_agent, no agent reaches the host.
+        let pool = SshPool::new(with_agent(false));
+        let refused = pool.run(&host.ip, &sh("ssh-add -l"), &DiscardLines).await.unwrap();
+        assert_eq!(refused.exit_status, 2, "ssh-add: no agent to talk to: {refused:?}");
+    });
+}
+
 /// An `ssh-agent` this test started, killed (by its PID) when dropped.
 struct Agent {
     child: Child,
