@@ -378,6 +378,11 @@ fn ssh_config(
     if let Some(seconds) = env.get("BERTH_SSH_CONNECT_TIMEOUT").and_then(|s| s.parse().ok()) {
         ssh_config.connect_timeout = Duration::from_secs(seconds);
     }
+    // No limit by default (an image pull may take long; a dead connection is noticed by keepalives); a CI job
+    // that must never hang on a stuck Docker daemon can set one.
+    if let Some(seconds) = env.get("BERTH_SSH_COMMAND_TIMEOUT").and_then(|s| s.parse().ok()).filter(|s| *s > 0) {
+        ssh_config.command_timeout = Some(Duration::from_secs(seconds));
+    }
     Ok(ssh_config)
 }
 
