@@ -497,7 +497,7 @@ fn destinations_and_ssh_failures() {
     let bench = Bench::start(1);
     bench.push_test_app_with("v1", &[("SERVICE", "app")]);
     let config = one_host_config(&bench);
-    let d = Deployment::new(bench, &config);
+    let mut d = Deployment::new(bench, &config);
     let h1 = d.host(1).clone();
     d.project.write("config/deploy.staging.yml", "env:\n  clear:\n    STAGE: staging\n");
     let password = d.bench.registry().password();
@@ -529,6 +529,15 @@ fn destinations_and_ssh_failures() {
     let err = refused.err().to_lowercase();
     assert!(err.contains(&h1.ip) && err.contains("changed"), "{err}");
     std::fs::write(&known_hosts, original).unwrap();
+
+    // BERTH_SSH_COMMAND_TIMEOUT stops a command that runs too long, and says so.
+    let saved_env = d.project.env.clone();
+    d.project.env.insert("BERTH_SSH_COMMAND_TIMEOUT".into(), "1".into());
+    let started = std::time::Instant::now();
+    let stuck = d.berth(&["server", "exec", "sleep 30"]);
+    assert!(stuck.err().contains("timed out after 1s"), "{}", stuck.stderr);
+    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+    d.project.env = saved_env;
 
     // An unreachable host fails within the connect timeout, naming the host.
     let unreachable = format!("{}.250", h1.ip.rsplit_once('.').unwrap().0);
