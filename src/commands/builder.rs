@@ -26,6 +26,15 @@ pub enum BuilderKind {
     Cloud,
 }
 
+/// This machine's architecture as Docker names it (`amd64`, `arm64`, …): what builds here without emulation.
+pub fn deployer_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
 /// The arches to build: `builder.arch`, else amd64 and arm64 (none with the `docker` driver).
 pub fn arches(config: &Config) -> Vec<String> {
     if !config.builder.arch.is_empty() {

@@ -17,11 +17,7 @@ impl Engine {
     pub async fn build_push(&self, options: DeployOptions) -> Result<(), EngineError> {
         let config = &self.config;
         let builder = &config.builder;
-        let local_arch = match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "aarch64" => "arm64",
-            other => other,
-        };
+        let local_arch = commands::builder::deployer_arch();
         self.run_hook("pre-build", &[]).await?;
         if config.registry.is_local() {
             // The image goes from the engine that built it (here, or the remote builder's) to each host with

@@ -30,12 +30,7 @@ impl Engine {
 
     /// The remote builder in use: every arch on an `ssh://` `builder.remote`.
     pub(super) fn ssh_remote_builder(&self) -> Option<SshBuilderAddress> {
-        let local_arch = match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "aarch64" => "arm64",
-            other => other,
-        };
-        (builder::kind(&self.config, local_arch) == builder::BuilderKind::Remote)
+        (builder::kind(&self.config, builder::deployer_arch()) == builder::BuilderKind::Remote)
             .then(|| self.config.builder.remote.as_deref().and_then(builder::ssh_builder_address))
             .flatten()
     }
