@@ -274,7 +274,7 @@ impl SshPool {
     /// not an error here (see [`CommandOutput::success`]); failing to run the command at all is.
     pub async fn run(&self, host: &str, cmd: &Cmd, lines: &dyn LineSink) -> Result<CommandOutput, SshError> {
         let stdin = cmd.stdin().unwrap_or_default();
-        self.execute(host, cmd.script(), Stdin::Bytes(stdin), lines).await
+        self.execute(host, cmd.script(), Stdin::Bytes(stdin), Stdout::Lines, lines).await
     }
 
     /// Like [`SshPool::run`], with `stdin` streamed to the command until its end (e.g. a tarball into
@@ -286,7 +286,7 @@ impl SshPool {
         mut stdin: impl AsyncRead + Unpin + Send,
         lines: &dyn LineSink,
     ) -> Result<CommandOutput, SshError> {
-        self.execute(host, cmd.script(), Stdin::Stream(&mut stdin), lines).await
+        self.execute(host, cmd.script(), Stdin::Stream(&mut stdin), Stdout::Lines, lines).await
     }
 
     /// Writes `contents` to `remote_path` on `host` with permissions `mode`, creating its directory. The
@@ -345,10 +345,7 @@ impl SshPool {
         lines: &dyn LineSink,
     ) -> Result<CommandOutput, SshError> {
         let stdin = cmd.stdin().unwrap_or_default();
-        let session = self.session_channel(host).await?;
-        let time_limit = self.shared.config.command_timeout;
-        exec::run(session.channel, host, cmd.script(), Stdin::Bytes(stdin), Stdout::Writer(stdout), lines, time_limit)
-            .await
+        self.execute(host, cmd.script(), Stdin::Bytes(stdin), Stdout::Writer(stdout), lines).await
     }
 
     async fn execute(
@@ -356,10 +353,11 @@ impl SshPool {
         host: &str,
         script: &str,
         stdin: Stdin<'_>,
+        stdout: Stdout<'_>,
         lines: &dyn LineSink,
     ) -> Result<CommandOutput, SshError> {
         let session = self.session_channel(host).await?;
-        exec::run(session.channel, host, script, stdin, Stdout::Lines, lines, self.shared.config.command_timeout).await
+        exec::run(session.channel, host, script, stdin, stdout, lines, self.shared.config.command_timeout).await
     }
 
     /// A session channel on `host`'s connection. A connection found dead when opening the channel (nothing has

@@ -138,6 +138,14 @@ pub fn filters(config: &Config, role: Option<&Role>, statuses: &[&str]) -> Vec<S
 /// The `docker ps` template of [`inventory`]: name, id, state, image reference and role, tab-separated.
 pub const INVENTORY_FORMAT: &str = "{{.Names}}\t{{.ID}}\t{{.State}}\t{{.Image}}\t{{.Label \"role\"}}";
 
+/// `docker image ls --filter reference=<image:latest> --format '{{.ID}}'`: the id of the image tagged `latest`.
+fn latest_image_id(config: &Config) -> Cmd {
+    docker()
+        .args(["image", "ls", "--filter"])
+        .arg(format!("reference={}", names::latest_image(config)))
+        .args(["--format", "{{.ID}}"])
+}
+
 /// The line in [`inventory`]'s output after which come the ids of the containers made from the `latest` image.
 pub const INVENTORY_FROM_LATEST: &str = "# made from latest:";
 
@@ -150,13 +158,9 @@ pub const INVENTORY_FROM_LATEST: &str = "# made from latest:";
 pub fn inventory(config: &Config) -> Cmd {
     let app_filters = filters(config, None, &[]);
     let all = with_filters(docker().args(["ps", "--all"]), &app_filters).args(["--format", INVENTORY_FORMAT]);
-    let latest_image_id = docker()
-        .args(["image", "ls", "--filter"])
-        .arg(format!("reference={}", names::latest_image(config)))
-        .args(["--format", "{{.ID}}"]);
     // No `latest` yet (a first deploy): the filter is refused, and no container is from it.
     let from_latest = with_filters(docker().args(["ps", "--all", "--quiet"]), &app_filters)
-        .raw(format!("--filter ancestor=$({}) 2>/dev/null", latest_image_id.script()));
+        .raw(format!("--filter ancestor=$({}) 2>/dev/null", latest_image_id(config).script()));
     let some_role_runs_twice = "printf '%s\\n' \"$listing\" | awk -F '\\t' '$3 == \"running\" || $3 == \"restarting\" { print $5 }' | sort | uniq -d | grep -q .";
     Cmd::raw_script(format!(
         "listing=$({}) && printf '%s\\n' \"$listing\" && echo {} && if {some_role_runs_twice}; then {} || true; fi",
@@ -185,11 +189,7 @@ pub fn remove_containers_by_id(ids: &[String]) -> Cmd {
 fn current_running_container(config: &Config, role: &Role, format_args: &[&str]) -> Cmd {
     let filters = filters(config, Some(role), &ACTIVE_STATUSES);
     let ps = || with_filters(docker().args(["ps", "--latest"]).args(format_args), &filters);
-    let latest_image_id = docker()
-        .args(["image", "ls", "--filter"])
-        .arg(format!("reference={}", names::latest_image(config)))
-        .args(["--format", "{{.ID}}"]);
-    let from_latest = ps().raw(format!("--filter ancestor=$({})", latest_image_id.script()));
+    let from_latest = ps().raw(format!("--filter ancestor=$({})", latest_image_id(config).script()));
     from_latest.then(ps()).in_subshell().pipe(Cmd::new("head").arg("-1"))
 }
 

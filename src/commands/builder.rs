@@ -102,8 +102,8 @@ pub fn builder_name(config: &Config, local_arch: &str) -> Option<String> {
     }
 }
 
-/// `--platform linux/a,linux/b`.
-fn platform(arches: &[String]) -> Option<String> {
+/// `--platform`'s value for `arches`, e.g. `linux/amd64,linux/arm64`.
+pub fn platforms(arches: &[String]) -> Option<String> {
     (!arches.is_empty()).then(|| arches.iter().map(|a| format!("linux/{a}")).collect::<Vec<_>>().join(","))
 }
 
@@ -197,17 +197,32 @@ pub fn build_secret_names(config: &Config) -> &[String] {
 /// <options> [--no-cache] <context> 2>&1`: build and push in one step. `context` is the build context
 /// directory (`builder.context`, default `.`), or `-` for a tar on stdin (see [`push_from_git_archive`]).
 pub fn push(config: &Config, version: &str, local_arch: &str, no_cache: bool, context: &str) -> Cmd {
-    // Local registry mode: berth sends the image to the hosts itself (see `load`), so it stays in this engine.
+    let platforms = platforms(&arches(config));
+    buildx_build(config, version, platforms, builder_name(config, local_arch), None, no_cache, context)
+}
+
+/// `docker buildx build <output> [--platform …] [--builder …] -t <image:version> -t <image:latest> <options>
+/// [--no-cache] <context> 2>&1`, where the output is the registry, or, in local registry mode, the building
+/// engine (berth then sends the image to the hosts itself, see [`load`]).
+fn buildx_build(
+    config: &Config,
+    version: &str,
+    platforms: Option<String>,
+    builder: Option<String>,
+    secrets_dir: Option<&str>,
+    no_cache: bool,
+    context: &str,
+) -> Cmd {
     let output = if config.registry.is_local() { "--load" } else { "--output=type=registry" };
     let mut cmd = docker().args(["buildx", "build", output]);
-    if let Some(platform) = platform(&arches(config)) {
-        cmd = cmd.arg("--platform").arg(platform);
+    if let Some(platforms) = platforms {
+        cmd = cmd.arg("--platform").arg(platforms);
     }
-    if let Some(name) = builder_name(config, local_arch) {
-        cmd = cmd.arg("--builder").arg(name);
+    if let Some(builder) = builder {
+        cmd = cmd.arg("--builder").arg(builder);
     }
     cmd = cmd.arg("-t").arg(names::image(config, version)).arg("-t").arg(names::latest_image(config));
-    cmd = with_build_options(cmd, config);
+    cmd = with_build_options_and_secrets_from(cmd, config, secrets_dir);
     if no_cache {
         cmd = cmd.arg("--no-cache");
     }
@@ -317,11 +332,6 @@ pub fn remote_multiarch_builder() -> Cmd {
     ]))
 }
 
-/// `--platform` for `arches`, e.g. `linux/amd64,linux/arm64`.
-pub fn platforms(arches: &[String]) -> Option<String> {
-    platform(arches)
-}
-
 /// On a remote builder, with the build context as a tar on stdin: build `image:version` and `image:latest`
 /// and push both (buildx: in one step; classic: `docker build` then `docker push`).
 pub fn remote_build_push(config: &Config, version: &str, no_cache: bool, how: &RemoteBuild) -> Cmd {
@@ -330,20 +340,7 @@ pub fn remote_build_push(config: &Config, version: &str, no_cache: bool, how: &R
         RemoteBuild::Classic if config.registry.is_local() => classic_build(config, version, no_cache, "-"),
         RemoteBuild::Classic => classic_build(config, version, no_cache, "-").and(push_tags(config, version)),
         RemoteBuild::Buildx { platforms, builder, secrets_dir } => {
-            let output = if config.registry.is_local() { "--load" } else { "--output=type=registry" };
-            let mut cmd = docker().args(["buildx", "build", output]);
-            if let Some(platforms) = platforms {
-                cmd = cmd.arg("--platform").arg(platforms);
-            }
-            if let Some(builder) = builder {
-                cmd = cmd.arg("--builder").arg(builder);
-            }
-            cmd = cmd.arg("-t").arg(names::image(config, version)).arg("-t").arg(names::latest_image(config));
-            cmd = with_build_options_and_secrets_from(cmd, config, secrets_dir.as_deref());
-            if no_cache {
-                cmd = cmd.arg("--no-cache");
-            }
-            cmd.arg("-").raw("2>&1")
+            buildx_build(config, version, platforms.clone(), builder.clone(), secrets_dir.as_deref(), no_cache, "-")
         }
     }
 }
@@ -402,8 +399,8 @@ pub fn create(config: &Config, local_arch: &str) -> Option<Cmd> {
         BuilderKind::Remote => create_context()
             .then(host_network(docker().args(["buildx", "create", "--name"]).arg(&name)).arg(&context_name)),
         BuilderKind::Hybrid => {
-            let local_platform = platform(&local_arches(config, local_arch)).unwrap_or_default();
-            let remote_platform = platform(&remote_arches(config, local_arch)).unwrap_or_default();
+            let local_platform = platforms(&local_arches(config, local_arch)).unwrap_or_default();
+            let remote_platform = platforms(&remote_arches(config, local_arch)).unwrap_or_default();
             host_network(
                 docker()
                     .args(["buildx", "create", "--platform"])

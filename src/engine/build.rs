@@ -19,15 +19,14 @@ impl Engine {
         let builder = &config.builder;
         let local_arch = commands::builder::deployer_arch();
         self.run_hook("pre-build", &[]).await?;
-        if config.registry.is_local() {
-            // The image goes from the engine that built it (here, or the remote builder's) to each host with
-            // `docker save`/`docker load` (see `image_transfer`).
-            if commands::builder::arches(config).len() > 1 {
-                return Err(EngineError::Refused(format!(
-                    "local registry mode sends one image to the hosts, but builder.arch asks for {}: build the hosts' architecture only, or use a real registry",
-                    commands::builder::arches(config).join(", ")
-                )));
-            }
+        // Local registry mode: the image goes from the engine that built it (here, or the remote builder's) to
+        // each host with `docker save`/`docker load` (see `image_transfer`), which carries one architecture.
+        let arches = commands::builder::arches(config);
+        if config.registry.is_local() && arches.len() > 1 {
+            return Err(EngineError::Refused(format!(
+                "local registry mode sends one image to the hosts, but builder.arch asks for {}: build the hosts' architecture only, or use a real registry",
+                arches.join(", ")
+            )));
         }
         // Every arch on an `ssh://` remote builder: berth drives it over its own SSH connection. A hybrid build
         // (some arches here, some there) needs one buildx builder with both nodes: Kamal's way, below.

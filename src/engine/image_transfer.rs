@@ -1,8 +1,8 @@
 //! Local registry mode (`registry.server: localhost:PORT`, Kamal 2.8+): instead of running a registry container
 //! on the deployer and tunnelling each host's `localhost:PORT` back to it, berth saves the image once from the
 //! engine that built it (the local one, or the remote builder's, over SSH) and streams it into `docker load` on
-//! every host that lacks it, over the SSH connection it already has. The image keeps its `localhost:PORT/…` name, so containers, `latest` tags and prune are exactly
-//! Kamal's; no registry, port or tunnel is involved.
+//! every host that lacks it, over the SSH connection it already has. The image keeps its `localhost:PORT/…`
+//! name, so containers, `latest` tags and prune are exactly Kamal's; no registry, port or tunnel is involved.
 
 use std::time::Instant;
 
@@ -50,9 +50,9 @@ impl Engine {
             .stage(&format!("Send {image}"), hosts.len(), async {
                 let mut missing = Vec::new();
                 // Hosts that already hold this exact image (e.g. a redeploy) are skipped without a transfer.
-                let present = on_hosts(&hosts, |host| {
-                    let check = commands::builder::image_id(config, version);
-                    async move { Ok(self.remote().run_unchecked(&host, &check).await?.stdout.trim().to_string()) }
+                let id_query = &id_query;
+                let present = on_hosts(&hosts, |host| async move {
+                    Ok(self.remote().run_unchecked(&host, id_query).await?.stdout.trim().to_string())
                 })
                 .await?;
                 for (host, id) in hosts.iter().zip(present) {

@@ -146,7 +146,6 @@ where
     }
 }
 
-/// The last lines of a command's output, for an error message.
 /// `output` if its command exited 0, else an error naming the host, the command and its last output lines.
 fn succeeded(host: &str, cmd: &Cmd, output: CommandOutput) -> Result<CommandOutput, EngineError> {
     if output.exit_status != 0 {
@@ -160,6 +159,7 @@ fn succeeded(host: &str, cmd: &Cmd, output: CommandOutput) -> Result<CommandOutp
     Ok(output)
 }
 
+/// The last lines of a command's output, for an error message.
 fn last_lines(text: &str) -> String {
     let lines: Vec<&str> = text.trim_end().lines().collect();
     lines[lines.len().saturating_sub(12)..].join("\n")

@@ -118,9 +118,7 @@ impl Engine {
     /// for `--secret id=NAME,src=DIR/NAME`; returns the directory.
     async fn upload_build_secrets(&self, remote: &Remote, host: &str) -> Result<String, EngineError> {
         let secrets = self.secrets().await?;
-        let mut suffix = [0u8; 8];
-        let _ = getrandom::fill(&mut suffix);
-        let dir = format!("/tmp/berth-build-secrets-{}", suffix.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let dir = format!("/tmp/berth-build-secrets-{}", super::app::random_hex(8));
         remote.run(host, &Cmd::new("mkdir").args(["-m", "700"]).arg(&dir)).await?;
         for name in &self.config.builder.secrets {
             remote.write_file(host, &format!("{dir}/{name}"), secrets.get(name)?.as_bytes(), 0o600).await?;

@@ -12,7 +12,7 @@ use russh::keys::{Algorithm, PrivateKey, PrivateKeyWithHashAlg, PublicKey, Publi
 use russh::{Channel, MethodKind};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::error::{SshError, connect_hint};
+use super::error::{SshError, connect_hint, is_lookup_failure};
 use super::known_hosts::{self, Verdict};
 use super::route::{Endpoint, Route, default_identity_files};
 use super::{HostKeyPolicy, SshConfig};
@@ -229,10 +229,6 @@ async fn connect_tcp(endpoint: &Endpoint, dns_retries: u32) -> std::io::Result<t
             result => return result,
         }
     }
-}
-
-fn is_lookup_failure(error: &std::io::Error) -> bool {
-    error.to_string().contains("lookup address")
 }
 
 /// `proxy_command` with OpenSSH's tokens for `endpoint` replaced: `%h` host, `%p` port, `%r` user, `%%` `%`.
@@ -601,16 +597,20 @@ async fn try_agent(
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn a_name_that_does_not_resolve_is_looked_up_again_dns_retries_times() {
-        let endpoint = Endpoint {
+    fn endpoint(hostname: &str, port: u16, user: &str) -> Endpoint {
+        Endpoint {
             label: "app1".into(),
-            hostname: "no-such-host.invalid".into(),
-            port: 22,
-            user: "root".into(),
+            hostname: hostname.into(),
+            port,
+            user: user.into(),
             identity_files: Vec::new(),
             known_hosts_files: Vec::new(),
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn a_name_that_does_not_resolve_is_looked_up_again_dns_retries_times() {
+        let endpoint = endpoint("no-such-host.invalid", 22, "root");
         let error = connect_tcp(&endpoint, 2).await.unwrap_err();
         assert!(is_lookup_failure(&error) && error.to_string().ends_with("(after 2 retries)"), "{error}");
         let error = connect_tcp(&endpoint, 0).await.unwrap_err();
@@ -619,14 +619,7 @@ mod tests {
 
     #[test]
     fn proxy_command_tokens_are_replaced_as_openssh_does() {
-        let endpoint = Endpoint {
-            label: "app1".into(),
-            hostname: "10.0.0.5".into(),
-            port: 2222,
-            user: "deploy".into(),
-            identity_files: Vec::new(),
-            known_hosts_files: Vec::new(),
-        };
+        let endpoint = endpoint("10.0.0.5", 2222, "deploy");
         assert_eq!(
             proxy_command_line("ssh -W %h:%p %r@bastion # 100%% %x%", &endpoint),
             "ssh -W 10.0.0.5:2222 deploy@bastion # 100% %x%"

@@ -129,10 +129,15 @@ fn host_without_port(known_hosts_name: &str) -> &str {
         .unwrap_or(known_hosts_name)
 }
 
+/// Whether connecting failed because the host name did not resolve.
+pub(crate) fn is_lookup_failure(error: &std::io::Error) -> bool {
+    error.to_string().contains("lookup address")
+}
+
 /// A hint for a failed TCP connect, from the I/O error kind.
 pub(crate) fn connect_hint(error: &std::io::Error) -> String {
     use std::io::ErrorKind;
-    if error.to_string().contains("lookup address") {
+    if is_lookup_failure(error) {
         return "The host name does not resolve: check it, and the DNS server this machine uses.".into();
     }
     match error.kind() {

@@ -43,7 +43,7 @@ impl Deployment {
 
     /// [`Deployment::berth_in_terminal`], returning whether berth succeeded instead of asserting it.
     fn berth_in_terminal_status(&self, args: &[&str], prompt: &str, answer: &str) -> (String, bool) {
-        use std::io::{Read, Write};
+        use std::io::Write;
         let command_line = std::iter::once(env!("CARGO_BIN_EXE_berth").to_string())
             .chain(args.iter().map(|arg| format!("'{}'", arg.replace('\'', "'\\''"))))
             .collect::<Vec<_>>()
@@ -58,20 +58,7 @@ impl Deployment {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("run berth under script(1)");
-        let shown = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let mut stdout = child.stdout.take().unwrap();
-        let reader = {
-            let shown = shown.clone();
-            std::thread::spawn(move || {
-                let mut buffer = [0u8; 4096];
-                while let Ok(n) = stdout.read(&mut buffer) {
-                    if n == 0 {
-                        break;
-                    }
-                    shown.lock().unwrap().push_str(&String::from_utf8_lossy(&buffer[..n]));
-                }
-            })
-        };
+        let (shown, reader) = collect_output(child.stdout.take().unwrap());
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while !shown.lock().unwrap().contains(prompt) {
             if std::time::Instant::now() > deadline || child.try_wait().unwrap().is_some() {
@@ -339,6 +326,24 @@ fn deploys_without_dropping_a_request_and_rolls_back_a_broken_version_everywhere
     for out in [&out, &version, &exec, &logs, &audit] {
         assert!(!out.stdout.contains(SECRET_TOKEN) && !out.stderr.contains(SECRET_TOKEN));
     }
+}
+
+/// Everything `output` (a child's stdout) shows, collected as it arrives by a thread that ends with it.
+fn collect_output(
+    mut output: impl std::io::Read + Send + 'static,
+) -> (std::sync::Arc<std::sync::Mutex<String>>, std::thread::JoinHandle<()>) {
+    let shown = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let collected = shown.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buffer = [0u8; 4096];
+        while let Ok(n) = output.read(&mut buffer) {
+            if n == 0 {
+                break;
+            }
+            collected.lock().unwrap().push_str(&String::from_utf8_lossy(&buffer[..n]));
+        }
+    });
+    (shown, reader)
 }
 
 fn one_host_config(bench: &Bench) -> String {
@@ -669,15 +674,7 @@ fn local_registry_mode_sends_the_image_over_ssh_without_a_registry() {
 
     // `app logs -f` streams from both hosts at once, each line prefixed with its host, until Ctrl-C.
     let mut follow = d.spawn_berth(&["app", "logs", "-f"]);
-    let shown = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let reader = {
-        let (shown, stdout) = (shown.clone(), follow.stdout.take().unwrap());
-        std::thread::spawn(move || {
-            for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
-                shown.lock().unwrap().push_str(&format!("{line}\n"));
-            }
-        })
-    };
+    let (shown, reader) = collect_output(follow.stdout.take().unwrap());
     Bench::wait_for("log lines from both hosts while following", Duration::from_secs(30), || {
         let shown = shown.lock().unwrap();
         let from =
