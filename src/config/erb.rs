@@ -4272,7 +4272,7 @@ mod tests {
     // ---------------------------------------------------------------------------------------------------------
 
     fn corpus() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus")
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus")
     }
 
     /// Files whose ERB fails natively, the error, and the Kamal run that failed on it too.
@@ -4304,7 +4304,9 @@ mod tests {
             entries.sort();
             for path in entries {
                 let name = path.file_name().unwrap().to_string_lossy().into_owned();
-                let json = std::fs::read_to_string(env_json(&name)).unwrap_or_else(|_| "{}".into());
+                let env_json = env_json(&name);
+                let json =
+                    std::fs::read_to_string(&env_json).unwrap_or_else(|err| panic!("{}: {err}", env_json.display()));
                 let json: serde_json::Value = serde_json::from_str(&json).unwrap();
                 let mut env = Environment::from_vars([("PATH", stubs.to_string_lossy().into_owned())], cwd);
                 for section in ["base_env", "dummy_env"] {

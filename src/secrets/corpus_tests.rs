@@ -1,4 +1,5 @@
-//! Every `.kamal/secrets*` file of the real configurations in the shared corpus, loaded the way Kamal loads it.
+//! Every `.kamal/secrets*` file of the real configurations in the corpus (`tests/corpus`), loaded the way Kamal
+//! loads it.
 //!
 //! The environment is the one Kamal's recorded runs had (`env.json`'s dummy variables; vendor CLIs replaced by stubs
 //! that print nothing and exit 0). With such stubs Kamal itself fails the files that fetch from a vault in-process
@@ -12,7 +13,7 @@ use super::test_support::TempDir;
 use super::{DEFAULT_SECRETS_PATH, Secrets, dotenv};
 use crate::environment::Environment;
 
-const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/corpus");
+const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/corpus");
 
 /// The vendor CLIs the recorded runs stubbed out, and a few more that adapters call.
 const STUBS: &[&str] = &[
@@ -78,7 +79,7 @@ fn secrets_files(kamal_dir: &Path) -> Vec<String> {
 fn every_real_secrets_file_loads_like_kamal() {
     let real = Path::new(CORPUS).join("real-configs");
     let Ok(entries) = std::fs::read_dir(&real) else {
-        panic!("the shared corpus is missing at {}", real.display());
+        panic!("the corpus is missing at {}", real.display());
     };
     let stubs = TempDir::new("stubs");
     for stub in STUBS {

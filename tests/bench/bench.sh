@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# berth's test bench: N real hosts and a real registry on one machine (see shared/reference/testbed.md).
+# berth's test bench: N real hosts and a real registry on one machine (ARCHITECTURE.md says how the tests use it).
 #
 #   bench.sh up NAME N_HOSTS     stand up bench NAME (first removing any leftover NAME); prints its description
 #   bench.sh down NAME           remove everything bench NAME made (idempotent; works after a half-failed up)

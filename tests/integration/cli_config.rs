@@ -192,8 +192,7 @@ fn a_missing_secret_names_the_secret_the_yaml_path_and_the_files_to_add_it_to() 
 
 #[test]
 fn erb_is_evaluated_before_yaml_and_sees_the_destination() {
-    let fixture =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/kamal-fixtures/deploy.erb.yml");
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/kamal-fixtures/deploy.erb.yml");
     let project = project_with(&std::fs::read_to_string(fixture).unwrap());
     let out = project.berth(&["config", "--format", "json"]);
     let json: serde_json::Value = serde_json::from_str(out.ok()).unwrap();

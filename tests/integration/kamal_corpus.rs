@@ -1,4 +1,4 @@
-//! `berth config` against every run of the real `kamal config` (2.12.0) recorded in `shared/corpus`:
+//! `berth config` against every run of the real `kamal config` (2.12.0) recorded in `tests/corpus`:
 //! berth must load exactly what Kamal loads, reject exactly what it rejects, and resolve the same values.
 
 use std::collections::BTreeMap;
@@ -9,7 +9,7 @@ use yaml_serde::Value;
 use crate::support::berth::Project;
 
 fn corpus() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus")
 }
 
 /// One recorded `kamal config` run.
