@@ -37,9 +37,11 @@
 //! ```
 
 pub mod cli;
+pub mod connection_limits;
 pub mod control;
 pub mod fast_path;
 pub mod forward;
+pub mod guard;
 pub mod health;
 pub mod http1;
 pub mod observability;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{ArgAction, Args, Parser, Subcommand};
 
 use super::control::{self, ControlRequest};
+use super::http1::HeadLimits;
 use super::options::{HealthCheckOptions, ServiceOptions, parse_duration, parse_size};
 use super::router::{DeployReport, ServiceSummary};
 use super::server::{self, ServerConfig};
@@ -106,6 +107,24 @@ pub struct RunArgs {
     /// Time allowed to receive a request body that is buffered
     #[arg(long, value_parser = duration_arg, default_value = "60s")]
     pub read_timeout: Duration,
+    /// Time allowed for a request head once its first byte arrived (then 408 and close)
+    #[arg(long, value_parser = duration_arg, default_value = "30s")]
+    pub header_timeout: Duration,
+    /// Longest request line or header line in bytes (request line: 414, header line: 431)
+    #[arg(long, default_value_t = 16 * 1024, value_parser = clap::value_parser!(u32).range(256..=1024 * 1024))]
+    pub max_header_line_size: u32,
+    /// Largest request head in bytes, request line and headers (431)
+    #[arg(long, default_value_t = 64 * 1024, value_parser = clap::value_parser!(u32).range(1024..=1024 * 1024))]
+    pub max_header_size: u32,
+    /// Most header lines in a request (431)
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub max_header_count: u16,
+    /// Most client connections open at once (more are closed at once; 0: no limit)
+    #[arg(long, default_value_t = 16_384)]
+    pub max_connections: usize,
+    /// Most client connections open at once from one IP address (more are closed at once; 0: no limit)
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections_per_ip: usize,
     /// Time in-flight requests get to finish on SIGTERM
     #[arg(long, value_parser = duration_arg, default_value = "10s")]
     pub shutdown_timeout: Duration,
@@ -411,6 +430,14 @@ pub fn run_server(args: RunArgs) -> anyhow::Result<()> {
         socket: args.socket.unwrap_or_else(socket_path),
         idle_timeout: args.idle_timeout,
         read_timeout: args.read_timeout,
+        header_timeout: args.header_timeout,
+        head_limits: HeadLimits {
+            max_line: args.max_header_line_size as usize,
+            max_head: args.max_header_size as usize,
+            max_headers: args.max_header_count as usize,
+        },
+        max_connections: args.max_connections,
+        max_connections_per_ip: args.max_connections_per_ip,
         shutdown_timeout: args.shutdown_timeout,
         access_log: args.access_log,
         acme_directory: args.acme_directory.unwrap_or_else(|| LETS_ENCRYPT.to_string()),

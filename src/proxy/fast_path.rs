@@ -9,21 +9,23 @@
 //! and an idle connection holds no buffer: one is taken from the worker's pool only once the socket is
 //! readable, and given back when the exchange is over (over TLS, rustls keeps its own buffers).
 //!
-//! Whatever this path does not handle — upgrades (WebSockets), `Expect`, HTTP/1.0, odd framing, request
-//! buffering with a body, redirects, ACME challenges, error pages for routing (404, maintenance 503, pause)
-//! — goes to the hyper path ([`super::server`]'s `serve_http1`) for the rest of the connection, together
-//! with the bytes already read, before anything was claimed or counted.
+//! A request that breaks berth's HTTP/1 rules ([`super::http1`]: ambiguous framing or host, limits) is
+//! refused here with 400/405/408/414/431 and the connection closed. Whatever valid request this path does
+//! not handle — upgrades (WebSockets), `Expect`, HTTP/1.0, request buffering with a body, redirects, ACME
+//! challenges, error pages for routing (404, maintenance 503, pause) — goes to the hyper path
+//! ([`super::server`]'s `serve_http1`) for the rest of the connection, together with the bytes already read,
+//! before anything was claimed or counted, through a [`Guarded`] stream that keeps applying the same rules.
 
 use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Sleep;
@@ -31,15 +33,16 @@ use tokio::time::Sleep;
 use super::forward::{
     self, CLAIM_ATTEMPTS, ConnectionInfo, HeaderLookup, LogDetails, LogOutcome, Shared, host_without_port,
 };
-use super::http1::{self, BodyProgress, Framing, Headers, Parsed};
+use super::guard::Guarded;
+use super::http1::{self, Advanced, BodyProgress, Framing, Headers, Parsed, Refusal};
 use super::observability::method_index_of;
 use super::router::Service;
 use super::target::{InFlight, Target};
 
 /// Size of the buffers taken from the worker's pool (request heads and response chunks).
 const BUFFER_SIZE: usize = 16 * 1024;
-/// Largest request or response head (hyper's limit on the other path too).
-const MAX_HEAD: usize = 64 * 1024;
+/// Largest response head from a target (hyper's limit on the other path too).
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Free buffers a worker keeps for reuse; more are freed.
 const POOLED_BUFFERS: usize = 64;
 
@@ -51,7 +54,7 @@ pub async fn serve<C: ClientIo>(
     shared: &Shared,
     idle_timeout: Duration,
     shutdown: &watch::Receiver<bool>,
-) -> Option<Rewind<C>> {
+) -> Option<Guarded<C>> {
     let stop = stopped(shutdown.clone());
     tokio::pin!(stop);
     let mut idle_timer = Timer::new(idle_timeout);
@@ -92,18 +95,31 @@ pub async fn serve<C: ClientIo>(
             }
         }
         let buffer = input.as_mut()?;
+        let mut head_deadline = None;
         let exchange = loop {
             match prepare(shared, info, buffer.filled(), out.get()) {
                 Prepared::Forward(exchange) => break exchange,
-                Prepared::Hyper => return Some(Rewind::new(client, buffer.filled())),
-                Prepared::Partial if buffer.len() >= MAX_HEAD => return Some(Rewind::new(client, buffer.filled())),
+                Prepared::Hyper => {
+                    return Some(Guarded::new(client, buffer.filled(), shared.head_limits, shared.header_timeout));
+                }
+                Prepared::Refuse(refusal) => {
+                    Box::pin(refuse(&mut client, refusal)).await;
+                    return None;
+                }
                 Prepared::Partial => {
-                    // The rest of the head: within the idle timeout (hyper's header read timeout).
+                    // The rest of the head: within the header timeout of its first bytes, else 408.
+                    let deadline = *head_deadline.get_or_insert_with(|| Instant::now() + shared.header_timeout);
+                    idle_timer.arm(deadline);
                     let read = tokio::select! {
                         biased;
                         read = read_into(&mut client, buffer) => read,
                         () = &mut stop => return None,
-                        () = idle_timer.expired() => return None,
+                        () = idle_timer.expired() => {
+                            let refusal =
+                                Refusal { status: 408, reason: "request head not received within --header-timeout" };
+                            Box::pin(refuse(&mut client, refusal)).await;
+                            return None;
+                        }
                     };
                     if !matches!(read, Ok(n) if n > 0) {
                         return None;
@@ -152,6 +168,27 @@ enum Prepared {
     Forward(Exchange),
     Partial,
     Hyper,
+    Refuse(Refusal),
+}
+
+/// Answers a request berth refuses, then closes the connection (after reading what the client still
+/// sends for a moment, so that closing does not reset the connection before the answer is read).
+async fn refuse<C: ClientIo>(client: &mut C, refusal: Refusal) {
+    if client.send_all(&http1::refusal_response(refusal)).await.is_err() {
+        return;
+    }
+    let _ = tokio::io::AsyncWriteExt::shutdown(client).await;
+    let mut discard = [0u8; 4096];
+    let mut left: usize = 256 * 1024;
+    let drained = async {
+        while left > 0 {
+            match client.read(&mut discard).await {
+                Ok(0) | Err(_) => return,
+                Ok(count) => left = left.saturating_sub(count),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), drained).await;
 }
 
 /// Parses the request head at the start of `input` and, when the fast path can forward it, routes it,
@@ -159,12 +196,12 @@ enum Prepared {
 /// the stack, not in the connection's future.
 fn prepare(shared: &Shared, info: &ConnectionInfo, input: &[u8], out: &mut Vec<u8>) -> Prepared {
     let mut headers = http1::header_slots();
-    let (head, headers) = match http1::parse_request(input, &mut headers) {
+    let (head, headers) = match http1::parse_request(input, &mut headers, &shared.head_limits) {
         Parsed::Complete(parsed) => parsed,
         Parsed::Partial => return Prepared::Partial,
-        Parsed::Unsupported => return Prepared::Hyper,
+        Parsed::Invalid(refusal) => return Prepared::Refuse(refusal),
     };
-    if head.path.starts_with("/.well-known/acme-challenge/") {
+    if head.needs_hyper || head.path.starts_with("/.well-known/acme-challenge/") {
         return Prepared::Hyper;
     }
     let lookup = Headers(headers);
@@ -298,9 +335,11 @@ async fn run_exchange<C: ClientIo>(
     input.consume(exchange.head_len);
     let mut request_body = BodyProgress::new(exchange.framing);
     match request_body.advance(input.filled()) {
-        Ok(taken) => {
-            out.extend_from_slice(&input.filled()[..taken]);
-            input.consume(taken);
+        Ok(advanced) => {
+            for part in advanced.forwarded(input.filled()) {
+                out.extend_from_slice(part);
+            }
+            input.consume(advanced.taken);
         }
         Err(_) => {
             return Box::pin(answer_failure(client, out, &exchange, shared, info, Failure::BadRequest, true)).await;
@@ -417,13 +456,15 @@ async fn run_exchange<C: ClientIo>(
     upstream_buffer.consume(plan.head_len);
     let mut reusable = plan.reusable && request_sent;
     let until_close = matches!(plan.body, BodyProgress::UntilClose);
-    let taken = match plan.body.advance(upstream_buffer.filled()) {
-        Ok(taken) => taken,
+    let advanced = match plan.body.advance(upstream_buffer.filled()) {
+        Ok(advanced) => advanced,
         Err(_) => return false,
     };
-    append_body(out, &upstream_buffer.filled()[..taken], until_close);
+    for part in advanced.forwarded(upstream_buffer.filled()) {
+        append_body(out, part, until_close);
+    }
     // Bytes after the response: the target broke the protocol; its connection is not reused.
-    reusable &= taken == upstream_buffer.len();
+    reusable &= advanced.taken == upstream_buffer.len();
     upstream_buffer.clear();
     if plan.body.is_done() && reusable {
         target.checkin_stream(upstream);
@@ -452,14 +493,14 @@ async fn run_exchange<C: ClientIo>(
             }
             Ok(0) | Err(_) => return false,
             Ok(n) => {
-                let Ok(taken) = plan.body.advance(upstream_buffer.filled()) else { return false };
-                reusable &= taken == n;
+                let Ok(advanced) = plan.body.advance(upstream_buffer.filled()) else { return false };
+                reusable &= advanced.taken == n;
                 let written = if until_close {
                     out.clear();
-                    append_body(out, &upstream_buffer.filled()[..taken], true);
+                    append_body(out, &upstream_buffer.filled()[..advanced.taken], true);
                     client.send_all(out).await
                 } else {
-                    client.send_all(&upstream_buffer.filled()[..taken]).await
+                    send_forwarded(client, upstream_buffer.filled(), &advanced).await
                 };
                 upstream_buffer.clear();
                 if written.is_err() {
@@ -473,6 +514,16 @@ async fn run_exchange<C: ClientIo>(
     }
     drop(exchange.claim);
     !close
+}
+
+/// Sends the forwarded parts of a body's bytes (all but trailer fields) to the client.
+async fn send_forwarded<C: ClientIo>(client: &mut C, input: &[u8], advanced: &Advanced) -> io::Result<()> {
+    for part in advanced.forwarded(input) {
+        if !part.is_empty() {
+            client.send_all(part).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Appends body bytes for the client: as they are, or as one chunk of a body being re-chunked.
@@ -521,17 +572,19 @@ async fn relay_request_body<C: ClientIo>(
         if !matches!(read, Ok(n) if n > 0) {
             return Err(Failure::ClientGone("the client closed the connection mid-body"));
         }
-        let taken = body.advance(input.filled()).map_err(|_| Failure::BadRequest)?;
-        tokio::select! {
-            biased;
-            _ = upstream.readable() => return Ok(true),
-            () = cancelled.as_mut() => return Err(Failure::Cancelled),
-            () = timer.expired() => return Err(Failure::Timeout),
-            written = write_all(upstream, &input.filled()[..taken]) => {
-                written.map_err(|e| Failure::BadGateway(format!("sending the request body: {e}")))?;
+        let advanced = body.advance(input.filled()).map_err(|_| Failure::BadRequest)?;
+        for part in advanced.forwarded(input.filled()) {
+            tokio::select! {
+                biased;
+                _ = upstream.readable() => return Ok(true),
+                () = cancelled.as_mut() => return Err(Failure::Cancelled),
+                () = timer.expired() => return Err(Failure::Timeout),
+                written = write_all(upstream, part) => {
+                    written.map_err(|e| Failure::BadGateway(format!("sending the request body: {e}")))?;
+                }
             }
         }
-        input.consume(taken);
+        input.consume(advanced.taken);
     }
     Ok(false)
 }
@@ -558,7 +611,7 @@ async fn read_response_head(
         if !buffer.is_empty() {
             match plan_response(buffer.filled(), out, close, relay, false) {
                 Ok(Some(plan)) => return Ok(plan),
-                Ok(None) if buffer.len() >= MAX_HEAD => {
+                Ok(None) if buffer.len() >= MAX_RESPONSE_HEAD => {
                     return Err(Failure::BadGateway("response head too large".to_string()));
                 }
                 Ok(None) => {}
@@ -968,65 +1021,6 @@ impl Drop for OutBuffer {
     }
 }
 
-// ---------------------------------------------------------------------------------------------------------
-// Hand-off to the hyper path
-
-/// A client connection handed to the hyper path: the bytes the fast path already read come first.
-pub struct Rewind<S> {
-    pending: Vec<u8>,
-    at: usize,
-    stream: S,
-}
-
-impl<S> Rewind<S> {
-    fn new(stream: S, pending: &[u8]) -> Rewind<S> {
-        Rewind { pending: pending.to_vec(), at: 0, stream }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.at < this.pending.len() {
-            let count = buf.remaining().min(this.pending.len() - this.at);
-            buf.put_slice(&this.pending[this.at..this.at + count]);
-            this.at += count;
-            if this.at == this.pending.len() {
-                this.pending = Vec::new();
-                this.at = 0;
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.stream).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1061,6 +1055,8 @@ mod tests {
             access_log: false,
             https_port: 0,
             body_read_timeout: Duration::from_secs(1),
+            head_limits: http1::HeadLimits::default(),
+            header_timeout: Duration::from_secs(30),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
@@ -1069,19 +1065,5 @@ mod tests {
         let connection = serve(client, &info, &shared, Duration::from_secs(60), &shutdown);
         let size = std::mem::size_of_val(&connection);
         assert!(size <= 1024, "the connection future grew to {size} bytes");
-    }
-
-    #[tokio::test]
-    async fn rewind_replays_read_bytes_first() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let mut peer = TcpStream::connect(address).await.unwrap();
-        let (stream, _) = listener.accept().await.unwrap();
-        tokio::io::AsyncWriteExt::write_all(&mut peer, b" world").await.unwrap();
-        drop(peer);
-        let mut rewind = Rewind::new(stream, b"hello");
-        let mut all = String::new();
-        rewind.read_to_string(&mut all).await.unwrap();
-        assert_eq!(all, "hello world");
     }
 }

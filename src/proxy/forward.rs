@@ -16,6 +16,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
+use super::http1::HeadLimits;
 use super::observability::{self, AccessLogLine, Metrics, method_index};
 use super::router::{Admission, Router, Service, TargetGroup};
 use super::target::{BoxError, InFlight, Target, UpstreamBody, UpstreamError, buffer_body};
@@ -29,6 +30,10 @@ pub struct Shared {
     pub https_port: u16,
     /// Longest wait for a request body when buffering it.
     pub body_read_timeout: Duration,
+    /// Limits on request heads, on both paths.
+    pub head_limits: HeadLimits,
+    /// Time allowed for a request head once its first byte arrived (then 408).
+    pub header_timeout: Duration,
 }
 
 /// Facts about the client connection a request arrived on.
@@ -197,7 +202,10 @@ async fn route_and_forward(
         }
         Ok(Err(error)) => {
             record.error = Some(error.to_string());
-            return page(Some(&service), StatusCode::BAD_GATEWAY, None);
+            // The client's own body broke off or broke its framing: the client's fault, and the target
+            // never got a whole request.
+            let status = if error.is_client_body() { StatusCode::BAD_REQUEST } else { StatusCode::BAD_GATEWAY };
+            return page(Some(&service), status, None);
         }
         Err(_) => {
             record.error = Some(format!("no response headers within {:?}", options.target_timeout));
@@ -214,7 +222,13 @@ async fn route_and_forward(
         return Response::from_parts(parts, ProxyBody::empty());
     }
 
+    let codings =
+        response.headers().contains_key(header::TRANSFER_ENCODING).then(|| response_codings(response.headers()));
     strip_hop_by_hop(response.headers_mut(), false);
+    if let Some(codings) = codings.flatten() {
+        response.headers_mut().remove(header::CONTENT_LENGTH);
+        response.headers_mut().insert(header::TRANSFER_ENCODING, codings);
+    }
     let is_stream = is_streaming_response(response.headers());
     if options.buffer_responses && !is_stream {
         let (parts, body) = response.into_parts();
@@ -280,6 +294,7 @@ fn upstream_parts(
     let connection = &record.connection;
     let (mut parts, body) = request.into_parts();
     strip_hop_by_hop(&mut parts.headers, wants_upgrade);
+    set_request_framing(&mut parts.headers, &body);
     if wants_upgrade {
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
@@ -348,6 +363,37 @@ fn upstream_parts(
     parts.version = Version::HTTP_11;
 
     Ok((parts, body))
+}
+
+/// Writes the framing berth relays for the client's body, whatever the client's headers said: the length
+/// hyper decoded, or `Transfer-Encoding: chunked` (hyper's client would otherwise send a GET's chunked body
+/// as no body at all). A `Content-Length: 0` the client sent is kept.
+fn set_request_framing(headers: &mut HeaderMap, body: &Incoming) {
+    let had_length = headers.remove(header::CONTENT_LENGTH).is_some();
+    headers.remove(header::TRANSFER_ENCODING);
+    match body.size_hint().exact() {
+        Some(0) if !had_length => {}
+        Some(length) => {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        }
+        None => {
+            headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        }
+    }
+}
+
+/// A response's transfer codings other than `chunked` (e.g. `gzip`), to send on: hyper decodes the
+/// chunking and chunks again, adding `chunked` after the codings kept.
+fn response_codings(headers: &HeaderMap) -> Option<HeaderValue> {
+    let codings: Vec<&str> = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|coding| coding.trim_matches([' ', '\t']))
+        .filter(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("chunked"))
+        .collect();
+    if codings.is_empty() { None } else { HeaderValue::from_str(&codings.join(", ")).ok() }
 }
 
 /// Reads the request body before contacting the target (`--buffer-requests`), up to the limit.
@@ -445,10 +491,13 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         return;
     }
     if let Some(connection) = headers.get(header::CONNECTION).and_then(|v| v.to_str().ok()) {
+        // Framing and host are never the sender's to remove (`Connection: Content-Length` was a smuggling
+        // vector): berth decides and writes the framing itself.
         let named: Vec<HeaderName> = connection
             .split(',')
             .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
             .filter(|name| !(keep_upgrade && name == header::UPGRADE))
+            .filter(|name| ![header::CONTENT_LENGTH, header::HOST].contains(name))
             .collect();
         for name in named {
             headers.remove(name);

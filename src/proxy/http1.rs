@@ -1,22 +1,29 @@
-//! HTTP/1.1 heads and body framing for the proxy's fast path: requests and responses parsed with `httparse`,
-//! rewritten for the next hop straight into an output buffer, and bodies delimited (Content-Length, chunked,
-//! until close) as their bytes go by, unchanged. Nothing here allocates or does I/O; `fast_path` drives it.
+//! HTTP/1.1 heads and body framing for the proxy: requests and responses parsed with `httparse` and checked
+//! strictly (RFC 9112), rewritten for the next hop straight into an output buffer, and bodies delimited
+//! (Content-Length, chunked, until close) as their bytes go by. Nothing here allocates or does I/O;
+//! `fast_path` drives it, and `guard` applies the same rules to the bytes the hyper path reads.
 //!
-//! Anything unusual in a request head (HTTP/1.0, an upgrade, `Expect`, an absolute URI, ambiguous framing)
-//! is reported as [`Parsed::Unsupported`] so the connection goes to the hyper path, which handles it all.
+//! The one rule that keeps the proxy and its targets in step: framing is decided once, here, and every
+//! message berth forwards carries exactly the framing berth relays — berth writes `Content-Length` or
+//! `Transfer-Encoding` itself, and no `Connection` option can remove them (or `Host`). A request whose
+//! framing or host is ambiguous is refused ([`Parsed::Invalid`]: 400 and close), never guessed at.
+//!
+//! Valid requests the fast path does not forward itself (HTTP/1.0, upgrades, `Expect`, absolute-form
+//! targets) are marked [`RequestHead::needs_hyper`].
 
 use std::cell::Cell;
 use std::mem::MaybeUninit;
+use std::ops::Range;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use httparse::Header;
 
 use super::forward::HeaderLookup;
 
-/// Most header lines one head may have (hyper's default limit too).
-pub const MAX_HEADERS: usize = 100;
+/// Most header lines a head may have (`--max-header-count` can only lower it).
+pub const MAX_HEADERS: usize = 256;
 
-/// Room for a head's parsed headers, left uninitialized (httparse fills what it uses): zeroing 100 slots
+/// Room for a head's parsed headers, left uninitialized (httparse fills what it uses): zeroing the slots
 /// for every head measured as the largest single cost in the proxy's user space.
 pub type HeaderSlots<'b> = [MaybeUninit<Header<'b>>; MAX_HEADERS];
 
@@ -26,6 +33,7 @@ pub fn header_slots<'b>() -> HeaderSlots<'b> {
 }
 
 /// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1), as on the hyper path.
+/// `Content-Length` and `Transfer-Encoding` are not forwarded either: berth writes the framing itself.
 const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
@@ -38,6 +46,26 @@ const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
+/// Headers a `Connection` option never removes: the message's framing and its host are berth's to decide.
+pub const NEVER_CONNECTION_OPTIONS: [&str; 3] = ["content-length", "transfer-encoding", "host"];
+
+/// Limits on a request head (`kamal-proxy run --max-header-*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeadLimits {
+    /// Longest request line or header line, without its line end.
+    pub max_line: usize,
+    /// Largest head, request line to the empty line.
+    pub max_head: usize,
+    /// Most header lines.
+    pub max_headers: usize,
+}
+
+impl Default for HeadLimits {
+    fn default() -> HeadLimits {
+        HeadLimits { max_line: 16 * 1024, max_head: 64 * 1024, max_headers: 100 }
+    }
+}
+
 /// How a message's body is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Framing {
@@ -49,14 +77,27 @@ pub enum Framing {
     UntilClose,
 }
 
-/// The outcome of parsing a head from the bytes received so far.
+/// A request berth refuses: the status to answer (then the connection is closed) and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub reason: &'static str,
+}
+
+impl Refusal {
+    const fn bad(reason: &'static str) -> Refusal {
+        Refusal { status: 400, reason }
+    }
+}
+
+/// The outcome of parsing a request head from the bytes received so far.
 #[derive(Debug)]
 pub enum Parsed<T> {
     Complete(T),
-    /// More bytes are needed.
+    /// More bytes are needed (none of the limits is exceeded yet).
     Partial,
-    /// Valid or not, the fast path does not handle it: the hyper path will.
-    Unsupported,
+    /// Answer with this refusal and close the connection.
+    Invalid(Refusal),
 }
 
 /// The tokens of a message's `Connection` headers that matter to a proxy.
@@ -77,13 +118,15 @@ impl<'b> ConnectionTokens<'b> {
             self.overflow = true;
             return;
         };
-        for token in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        for token in value.split(',').map(|t| t.trim_matches([' ', '\t'])).filter(|t| !t.is_empty()) {
             if token.eq_ignore_ascii_case("close") {
                 self.close = true;
             } else if token.eq_ignore_ascii_case("keep-alive") {
                 self.keep_alive = true;
             } else if token.eq_ignore_ascii_case("upgrade") {
                 self.upgrade = true;
+            } else if NEVER_CONNECTION_OPTIONS.iter().any(|n| token.eq_ignore_ascii_case(n)) {
+                // Framing and host are not the client's to drop: berth writes them.
             } else if self.count < self.named.len() {
                 self.named[self.count] = token;
                 self.count += 1;
@@ -93,9 +136,11 @@ impl<'b> ConnectionTokens<'b> {
         }
     }
 
-    /// Whether `name` must not be forwarded: hop-by-hop, or named by a `Connection` header.
+    /// Whether `name` must not be forwarded: hop-by-hop, framing (berth writes its own), or named by a
+    /// `Connection` header.
     fn drops(&self, name: &str) -> bool {
-        HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+        name.eq_ignore_ascii_case("content-length")
+            || HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
             || self.named[..self.count].iter().any(|n| name.eq_ignore_ascii_case(n))
     }
 }
@@ -117,17 +162,25 @@ impl<'b> Headers<'_, 'b> {
     }
 }
 
-/// What the fast path needs to know about a request head it can forward.
+/// A valid request head.
 #[derive(Debug)]
 pub struct RequestHead<'b> {
     pub method: &'b str,
     /// The path, without the query.
     pub path: &'b str,
     pub query: Option<&'b str>,
+    /// The `Host` header's value (empty when an HTTP/1.0 request has none).
     pub host: &'b str,
     pub framing: Framing,
+    /// The request's `Content-Length` (also when it is 0: some applications want it on every POST).
+    pub content_length: Option<u64>,
     /// The client asked to close the connection after this exchange.
     pub close: bool,
+    /// An upgrade (WebSocket) or CONNECT: after the request, the connection may become a tunnel.
+    pub upgrade: bool,
+    /// Valid, but for the hyper path (HTTP/1.0, an upgrade, `Expect`, a target not in origin form, an
+    /// empty host, many `Connection` options).
+    pub needs_hyper: bool,
     /// The client's own `X-Request-ID` (the first one), kept as the request's id.
     pub request_id: Option<&'b [u8]>,
     /// The length of the head, up to and including its empty line.
@@ -135,73 +188,165 @@ pub struct RequestHead<'b> {
     connection: ConnectionTokens<'b>,
 }
 
-/// Parses a request head from the start of `buf`; see [`Parsed`] for what is not handled here.
+/// Parses and checks a request head from the start of `buf`.
 pub fn parse_request<'h, 'b>(
     buf: &'b [u8],
     headers: &'h mut HeaderSlots<'b>,
+    limits: &HeadLimits,
 ) -> Parsed<(RequestHead<'b>, &'h [Header<'b>])> {
     let mut request = httparse::Request::new(&mut []);
-    let head_len = match request.parse_with_uninit_headers(buf, headers) {
+    let slots = &mut headers[..limits.max_headers.clamp(1, MAX_HEADERS)];
+    let head_len = match request.parse_with_uninit_headers(buf, slots) {
         Ok(httparse::Status::Complete(length)) => length,
-        Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(_) => return Parsed::Unsupported,
+        Ok(httparse::Status::Partial) => {
+            if let Err(refusal) = check_lines(buf, limits, true) {
+                return Parsed::Invalid(refusal);
+            }
+            if buf.len() >= limits.max_head {
+                return Parsed::Invalid(Refusal { status: 431, reason: "request head over --max-header-size" });
+            }
+            return Parsed::Partial;
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Parsed::Invalid(Refusal { status: 431, reason: "more header lines than --max-header-count" });
+        }
+        Err(_) => {
+            // A line too long is reported as such even when something else is also wrong with it.
+            if let Err(refusal) = check_lines(buf, limits, true) {
+                return Parsed::Invalid(refusal);
+            }
+            return Parsed::Invalid(Refusal::bad("malformed request head"));
+        }
     };
-    let (Some(method), Some(target), Some(1)) = (request.method, request.path, request.version) else {
-        return Parsed::Unsupported;
+    if head_len > limits.max_line
+        && let Err(refusal) = check_lines(&buf[..head_len], limits, false)
+    {
+        return Parsed::Invalid(refusal);
+    }
+    if head_len > limits.max_head {
+        return Parsed::Invalid(Refusal { status: 431, reason: "request head over --max-header-size" });
+    }
+    let (Some(method), Some(target), Some(version)) = (request.method, request.path, request.version) else {
+        return Parsed::Invalid(Refusal::bad("malformed request line"));
     };
-    // Origin-form targets only; absolute-form (proxy requests), `*` and CONNECT go to the hyper path.
-    if !target.starts_with('/') || method == "CONNECT" {
-        return Parsed::Unsupported;
+    if method == "CONNECT" {
+        return Parsed::Invalid(Refusal { status: 405, reason: "CONNECT is not served by a reverse proxy" });
+    }
+    let mut needs_hyper = version == 0;
+    // Origin form is forwarded here; absolute form and `*` are valid but the hyper path's.
+    if !target.starts_with('/') {
+        needs_hyper = true;
     }
     let (path, query) = match target.split_once('?') {
         Some((path, query)) => (path, Some(query)),
         None => (target, None),
     };
     let mut host = None;
-    let mut hosts = 0;
     let mut content_length = None;
     let mut chunked = false;
     let mut request_id = None;
     let mut connection = ConnectionTokens::default();
+    let mut upgrade = false;
     let headers = request.headers;
     for header in headers.iter() {
         let name = header.name;
         if name.eq_ignore_ascii_case("host") {
-            hosts += 1;
-            host = std::str::from_utf8(header.value).ok();
-        } else if name.eq_ignore_ascii_case("content-length") {
-            let Some(length) = parse_decimal(header.value) else { return Parsed::Unsupported };
-            if content_length.is_some_and(|l| l != length) {
-                return Parsed::Unsupported;
+            if host.is_some() {
+                return Parsed::Invalid(Refusal::bad("more than one Host header"));
             }
+            let Some(value) = std::str::from_utf8(header.value).ok().filter(|v| is_host(v.as_bytes())) else {
+                return Parsed::Invalid(Refusal::bad("invalid Host header"));
+            };
+            host = Some(value);
+        } else if name.eq_ignore_ascii_case("content-length") {
+            if content_length.is_some() {
+                return Parsed::Invalid(Refusal::bad("more than one Content-Length header"));
+            }
+            let Some(length) = parse_decimal(header.value) else {
+                return Parsed::Invalid(Refusal::bad("invalid Content-Length header"));
+            };
             content_length = Some(length);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            // Only a lone `chunked` is forwarded as is; other codings are rare enough for the hyper path.
-            if chunked || !trim(header.value).eq_ignore_ascii_case(b"chunked") {
-                return Parsed::Unsupported;
+            // Only one, and only `chunked`: any other coding list cannot be relayed faithfully, and is how
+            // smuggling attempts disguise themselves (RFC 9112 §6.1: the server responds 400 and closes).
+            if chunked || version == 0 || !trim(header.value).eq_ignore_ascii_case(b"chunked") {
+                return Parsed::Invalid(Refusal::bad("unsupported Transfer-Encoding"));
             }
             chunked = true;
         } else if name.eq_ignore_ascii_case("connection") {
             connection.add(header.value);
         } else if name.eq_ignore_ascii_case("x-request-id") {
             request_id = request_id.or(Some(header.value));
-        } else if name.eq_ignore_ascii_case("upgrade") || name.eq_ignore_ascii_case("expect") {
-            // WebSockets (a tunnel) and `Expect: 100-continue` (an interim answer) are the hyper path's.
-            return Parsed::Unsupported;
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            // WebSockets (a tunnel) are the hyper path's.
+            upgrade = true;
+            needs_hyper = true;
+        } else if name.eq_ignore_ascii_case("expect") {
+            // `Expect: 100-continue` (an interim answer) is the hyper path's.
+            needs_hyper = true;
         }
     }
-    let Some(host) = host.filter(|h| hosts == 1 && !h.is_empty()) else { return Parsed::Unsupported };
-    if connection.upgrade || connection.overflow || (chunked && content_length.is_some()) {
-        return Parsed::Unsupported;
+    if chunked && content_length.is_some() {
+        return Parsed::Invalid(Refusal::bad("both Content-Length and Transfer-Encoding"));
+    }
+    let host = match host {
+        Some(host) => host,
+        None if version == 0 => "",
+        None => return Parsed::Invalid(Refusal::bad("no Host header")),
+    };
+    if host.is_empty() || connection.upgrade || connection.overflow {
+        needs_hyper = true;
     }
     let framing = match (chunked, content_length) {
         (true, _) => Framing::Chunked,
         (false, Some(0) | None) => Framing::Empty,
         (false, Some(length)) => Framing::Length(length),
     };
-    let head =
-        RequestHead { method, path, query, host, framing, close: connection.close, request_id, head_len, connection };
+    let head = RequestHead {
+        method,
+        path,
+        query,
+        host,
+        framing,
+        content_length,
+        close: connection.close || (version == 0 && !connection.keep_alive),
+        upgrade: upgrade && connection.upgrade,
+        needs_hyper,
+        request_id,
+        head_len,
+        connection,
+    };
     Parsed::Complete((head, headers))
+}
+
+/// Checks the length of every line in `head` (the request line first). `partial`: the last line may be
+/// unfinished, and counts too.
+fn check_lines(head: &[u8], limits: &HeadLimits, partial: bool) -> Result<(), Refusal> {
+    if head.len() <= limits.max_line {
+        return Ok(());
+    }
+    let mut first = true;
+    let mut lines = head.split(|b| *b == b'\n').peekable();
+    while let Some(line) = lines.next() {
+        if lines.peek().is_none() && !partial {
+            break;
+        }
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.len() > limits.max_line {
+            return Err(if first {
+                Refusal { status: 414, reason: "request line over --max-header-line-size" }
+            } else {
+                Refusal { status: 431, reason: "header line over --max-header-line-size" }
+            });
+        }
+        first = false;
+    }
+    Ok(())
+}
+
+/// A `Host` value: a host name or IP literal with an optional port (RFC 3986 reg-name / IP-literal chars).
+fn is_host(value: &[u8]) -> bool {
+    value.iter().all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(b))
 }
 
 /// How a forwarded request is rewritten for its target.
@@ -217,7 +362,8 @@ pub struct Forwarding<'a> {
 }
 
 /// Writes the head to send to the target: hop-by-hop headers dropped, `X-Forwarded-For/Proto/Host`,
-/// `X-Request-ID` and `X-Request-Start` set as on the hyper path, chunked framing kept.
+/// `X-Request-ID` and `X-Request-Start` set as on the hyper path, and the framing berth relays written by
+/// berth (`Content-Length` or `Transfer-Encoding: chunked`).
 pub fn write_request_head(
     out: &mut Vec<u8>,
     head: &RequestHead<'_>,
@@ -279,8 +425,11 @@ pub fn write_request_head(
         let (text, length) = super::forward::request_start_text();
         write_header(out, b"X-Request-Start", &text[..length]);
     }
-    if head.framing == Framing::Chunked {
-        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    match head.framing {
+        Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        Framing::Length(length) => write_header(out, b"Content-Length", decimal(length).as_bytes()),
+        Framing::Empty if head.content_length.is_some() => out.extend_from_slice(b"Content-Length: 0\r\n"),
+        Framing::Empty | Framing::UntilClose => {}
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -290,6 +439,16 @@ fn write_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
+}
+
+/// A response's `Transfer-Encoding`, as far as relaying it goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Codings {
+    None,
+    /// Just `chunked`.
+    Chunked,
+    /// Other codings (e.g. `gzip, chunked`, or `gzip` with a body until close): written back as they came.
+    Other,
 }
 
 /// What the fast path needs to know about a target's response head.
@@ -305,6 +464,7 @@ pub struct ResponseHead<'b> {
     pub event_stream: bool,
     pub has_date: bool,
     pub head_len: usize,
+    codings: Codings,
     connection: ConnectionTokens<'b>,
 }
 
@@ -346,7 +506,8 @@ pub fn parse_response<'h, 'b>(
     }
     let reason = response.reason.unwrap_or("");
     let mut content_length = None;
-    let mut transfer_encoding: Option<&[u8]> = None;
+    let mut codings = Codings::None;
+    let mut last_coding_chunked = false;
     let mut connection = ConnectionTokens::default();
     let (mut event_stream, mut has_date) = (false, false);
     let headers = response.headers;
@@ -362,7 +523,15 @@ pub fn parse_response<'h, 'b>(
                 content_length = Some(length);
             }
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            transfer_encoding = Some(header.value);
+            for coding in header.value.split(|b| *b == b',').map(trim).filter(|c| !c.is_empty()) {
+                // `chunked` must be the last coding, and only once (RFC 9112 §6.1).
+                if last_coding_chunked {
+                    return Err(BadResponse("invalid Transfer-Encoding from the target"));
+                }
+                last_coding_chunked = coding.eq_ignore_ascii_case(b"chunked");
+                codings =
+                    if last_coding_chunked && codings == Codings::None { Codings::Chunked } else { Codings::Other };
+            }
         } else if name.eq_ignore_ascii_case("connection") {
             connection.add(header.value);
         } else if name.eq_ignore_ascii_case("content-type") {
@@ -375,12 +544,11 @@ pub fn parse_response<'h, 'b>(
     let no_body = head_request || (100..200).contains(&status) || status == 204 || status == 304;
     let framing = if no_body {
         Framing::Empty
-    } else if let Some(codings) = transfer_encoding {
+    } else if codings != Codings::None {
         // RFC 9112 §6.3: chunked must be the last coding, else the body runs until close; with both
         // headers, Transfer-Encoding wins and the connection must not be reused.
         reusable &= content_length.is_none();
-        let last = codings.rsplit(|b| *b == b',').next().map(trim).unwrap_or_default();
-        if last.eq_ignore_ascii_case(b"chunked") { Framing::Chunked } else { Framing::UntilClose }
+        if last_coding_chunked { Framing::Chunked } else { Framing::UntilClose }
     } else {
         match content_length {
             Some(length) => Framing::Length(length),
@@ -399,14 +567,16 @@ pub fn parse_response<'h, 'b>(
         event_stream,
         has_date,
         head_len,
+        codings,
         connection,
     };
     Ok(Some((head, headers)))
 }
 
-/// Writes the head to send to the client: hop-by-hop headers dropped, chunked framing for bodies that are
-/// chunked or run until close (those are re-chunked), a `Date` if the target sent none (as hyper adds one),
-/// and `Connection: close` when the client connection ends after this response.
+/// Writes the head to send to the client: hop-by-hop headers dropped, the framing berth relays written by
+/// berth (`Content-Length`, or `Transfer-Encoding` with the target's codings and `chunked` last — bodies
+/// that run until close are re-chunked), a `Date` if the target sent none (as hyper adds one), and
+/// `Connection: close` when the client connection ends after this response.
 pub fn write_response_head(out: &mut Vec<u8>, head: &ResponseHead<'_>, headers: &[Header<'_>], close: bool) {
     out.extend_from_slice(b"HTTP/1.1 ");
     write_status(out, head.status, head.reason);
@@ -419,8 +589,35 @@ pub fn write_response_head(out: &mut Vec<u8>, head: &ResponseHead<'_>, headers: 
         out.extend_from_slice(b"\r\n");
         return;
     }
-    if matches!(head.framing, Framing::Chunked | Framing::UntilClose) {
-        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    match head.framing {
+        Framing::Length(length) => write_header(out, b"Content-Length", decimal(length).as_bytes()),
+        // HEAD and 304 answers keep the length they describe; 204 has none (RFC 9110 §8.6).
+        Framing::Empty => {
+            if let Some(length) = head.content_length.filter(|_| head.status != 204) {
+                write_header(out, b"Content-Length", decimal(length).as_bytes());
+            }
+        }
+        Framing::Chunked | Framing::UntilClose => {
+            out.extend_from_slice(b"Transfer-Encoding: ");
+            if head.codings == Codings::Other {
+                let mut first = true;
+                for value in headers.iter().filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding")) {
+                    for coding in value.value.split(|b| *b == b',').map(trim).filter(|c| !c.is_empty()) {
+                        if !first {
+                            out.extend_from_slice(b", ");
+                        }
+                        out.extend_from_slice(coding);
+                        first = false;
+                    }
+                }
+                if head.framing == Framing::UntilClose {
+                    out.extend_from_slice(b", chunked");
+                }
+            } else {
+                out.extend_from_slice(b"chunked");
+            }
+            out.extend_from_slice(b"\r\n");
+        }
     }
     if !head.has_date {
         write_header(out, b"Date", &http_date());
@@ -446,6 +643,14 @@ pub fn write_own_response(out: &mut Vec<u8>, status: u16, content_type: &str, bo
     out.extend_from_slice(body);
 }
 
+/// The whole answer to a refused request (the connection is closed after it).
+pub fn refusal_response(refusal: Refusal) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    let body = format!("{}\n", refusal.reason);
+    write_own_response(&mut out, refusal.status, "text/plain; charset=utf-8", body.as_bytes(), true);
+    out
+}
+
 fn write_status(out: &mut Vec<u8>, status: u16, reason: &str) {
     out.extend_from_slice(decimal(status as u64).as_bytes());
     out.push(b' ');
@@ -466,7 +671,7 @@ pub fn chunk_size_line(size: usize) -> String {
 /// The end of a re-chunked body.
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
-/// Where a body ends, found as its bytes pass through unchanged.
+/// Where a body ends, found as its bytes pass through.
 #[derive(Clone, Debug)]
 pub enum BodyProgress {
     /// Bytes still to come.
@@ -480,6 +685,26 @@ pub enum BodyProgress {
 #[derive(Debug, PartialEq, Eq)]
 pub struct BadFraming;
 
+/// What one [`BodyProgress::advance`] found: how many bytes of the input belong to this body, and which
+/// of those are trailer fields (not forwarded: berth ends a chunked body with an empty trailer section).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Advanced {
+    pub taken: usize,
+    pub trailer: Range<usize>,
+}
+
+impl Advanced {
+    /// The parts of `input` to forward, in order.
+    pub fn forwarded<'a>(&self, input: &'a [u8]) -> [&'a [u8]; 2] {
+        [&input[..self.trailer.start], &input[self.trailer.end..self.taken]]
+    }
+
+    /// How many bytes are forwarded.
+    pub fn forwarded_len(&self) -> usize {
+        self.taken - self.trailer.len()
+    }
+}
+
 impl BodyProgress {
     pub fn new(framing: Framing) -> BodyProgress {
         match framing {
@@ -490,26 +715,27 @@ impl BodyProgress {
         }
     }
 
-    /// Takes body bytes from the front of `input`: returns how many belong to this body (any rest is the
-    /// next message).
-    pub fn advance(&mut self, input: &[u8]) -> Result<usize, BadFraming> {
+    /// Takes body bytes from the front of `input`: says how many belong to this body (any rest is the
+    /// next message) and which of them are trailer fields.
+    pub fn advance(&mut self, input: &[u8]) -> Result<Advanced, BadFraming> {
+        let whole = |taken: usize| Advanced { taken, trailer: taken..taken };
         match self {
-            BodyProgress::Done => Ok(0),
-            BodyProgress::UntilClose => Ok(input.len()),
+            BodyProgress::Done => Ok(whole(0)),
+            BodyProgress::UntilClose => Ok(whole(input.len())),
             BodyProgress::Length(remaining) => {
                 let taken = (*remaining).min(input.len() as u64);
                 *remaining -= taken;
                 if *remaining == 0 {
                     *self = BodyProgress::Done;
                 }
-                Ok(taken as usize)
+                Ok(whole(taken as usize))
             }
             BodyProgress::Chunked(scanner) => {
-                let taken = scanner.advance(input)?;
+                let advanced = scanner.advance(input)?;
                 if scanner.is_done() {
                     *self = BodyProgress::Done;
                 }
-                Ok(taken)
+                Ok(advanced)
             }
         }
     }
@@ -523,27 +749,34 @@ impl BodyProgress {
 enum ChunkState {
     #[default]
     Size,
-    /// Whitespace after the size (tolerated before an extension or the line end).
-    SizeSpace,
     Extension,
     SizeLf,
     Data,
     DataCr,
     DataLf,
     TrailerStart,
-    TrailerLine,
+    TrailerName,
+    TrailerValue,
     TrailerLf,
     EndLf,
     Done,
 }
 
-/// Follows chunked framing (RFC 9112 §7.1) byte by byte, to find where the body ends.
+/// Longest chunk extension and trailer section followed (hyper limits extensions to 16 KiB in all).
+const MAX_CHUNK_EXTENSION: u32 = 4096;
+const MAX_TRAILER_SECTION: u32 = 16 * 1024;
+
+/// Follows chunked framing (RFC 9112 §7.1) byte by byte, strictly: hex digits then `;` or CRLF (no
+/// whitespace), extensions without control bytes, CRLF everywhere (a bare LF is an error), trailer fields
+/// of the form `name: value`.
 #[derive(Clone, Debug, Default)]
 pub struct ChunkedScanner {
     state: ChunkState,
     /// The current chunk's size, then what is left of its data.
     size: u64,
     digits: u8,
+    /// Bytes of the current chunk extension, or of the trailer section.
+    extra: u32,
 }
 
 impl ChunkedScanner {
@@ -551,9 +784,10 @@ impl ChunkedScanner {
         self.state == ChunkState::Done
     }
 
-    fn advance(&mut self, input: &[u8]) -> Result<usize, BadFraming> {
+    fn advance(&mut self, input: &[u8]) -> Result<Advanced, BadFraming> {
         use ChunkState::*;
         let mut at = 0;
+        let mut trailer: Option<Range<usize>> = None;
         while at < input.len() && self.state != Done {
             if self.state == Data {
                 let taken = self.size.min((input.len() - at) as u64);
@@ -565,6 +799,16 @@ impl ChunkedScanner {
                 continue;
             }
             let byte = input[at];
+            let in_trailer_field = matches!(self.state, TrailerName | TrailerValue | TrailerLf)
+                || (self.state == TrailerStart && byte != b'\r');
+            if in_trailer_field {
+                let range = trailer.get_or_insert(at..at);
+                range.end = at + 1;
+                self.extra += 1;
+                if self.extra > MAX_TRAILER_SECTION {
+                    return Err(BadFraming);
+                }
+            }
             at += 1;
             self.state = match (self.state, byte) {
                 (Size, b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F') => {
@@ -576,14 +820,23 @@ impl ChunkedScanner {
                     self.size = self.size * 16 + (byte as char).to_digit(16).unwrap_or(0) as u64;
                     Size
                 }
-                (Size, b' ' | b'\t') if self.digits > 0 => SizeSpace,
-                (SizeSpace, b' ' | b'\t') => SizeSpace,
-                (Size | SizeSpace, b';') if self.digits > 0 => Extension,
-                (Size | SizeSpace, b'\r') if self.digits > 0 => SizeLf,
+                (Size, b';') if self.digits > 0 => {
+                    self.extra = 0;
+                    Extension
+                }
+                (Size, b'\r') if self.digits > 0 => SizeLf,
                 (Extension, b'\r') => SizeLf,
-                (Extension, b'\n') => return Err(BadFraming),
-                (Extension, _) => Extension,
-                (SizeLf, b'\n') if self.size == 0 => TrailerStart,
+                (Extension, b'\t' | b' '..=b'~' | 0x80..=0xff) => {
+                    self.extra += 1;
+                    if self.extra > MAX_CHUNK_EXTENSION {
+                        return Err(BadFraming);
+                    }
+                    Extension
+                }
+                (SizeLf, b'\n') if self.size == 0 => {
+                    self.extra = 0;
+                    TrailerStart
+                }
                 (SizeLf, b'\n') => Data,
                 (DataCr, b'\r') => DataLf,
                 (DataLf, b'\n') => {
@@ -591,20 +844,30 @@ impl ChunkedScanner {
                     Size
                 }
                 (TrailerStart, b'\r') => EndLf,
-                (TrailerStart | TrailerLine, b'\n') => return Err(BadFraming),
-                (TrailerLine, b'\r') => TrailerLf,
-                (TrailerStart | TrailerLine, _) => TrailerLine,
+                (TrailerStart | TrailerName, byte) if is_token_byte(byte) => TrailerName,
+                (TrailerName, b':') => TrailerValue,
+                (TrailerValue, b'\r') => TrailerLf,
+                (TrailerValue, b'\t' | b' '..=b'~' | 0x80..=0xff) => TrailerValue,
                 (TrailerLf, b'\n') => TrailerStart,
                 (EndLf, b'\n') => Done,
                 _ => return Err(BadFraming),
             };
         }
-        Ok(at)
+        let trailer = trailer.unwrap_or(at..at);
+        Ok(Advanced { taken: at, trailer })
     }
 }
 
+/// A `tchar` of RFC 9110 §5.6.2 (header names, tokens).
+fn is_token_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
+}
+
+/// Trims optional whitespace (spaces and tabs only, RFC 9110 §5.6.3).
 fn trim(value: &[u8]) -> &[u8] {
-    value.trim_ascii()
+    let start = value.iter().position(|b| *b != b' ' && *b != b'\t').unwrap_or(value.len());
+    let end = value.iter().rposition(|b| *b != b' ' && *b != b'\t').map_or(start, |e| e + 1);
+    &value[start..end]
 }
 
 fn parse_decimal(value: &[u8]) -> Option<u64> {
@@ -664,9 +927,10 @@ fn format_http_date(seconds: u64) -> [u8; 29] {
 mod tests {
     use super::*;
 
+    /// The head berth would send to the target, or why not.
     fn request(text: &str) -> Parsed<String> {
         let mut headers = header_slots();
-        match parse_request(text.as_bytes(), &mut headers) {
+        match parse_request(text.as_bytes(), &mut headers, &HeadLimits::default()) {
             Parsed::Complete((head, headers)) => {
                 let forwarding = Forwarding {
                     path: head.path,
@@ -684,7 +948,23 @@ mod tests {
                 Parsed::Complete(format!("{}X-Request-Start: t=N{}", &text[..start], &text[end..]))
             }
             Parsed::Partial => Parsed::Partial,
-            Parsed::Unsupported => Parsed::Unsupported,
+            Parsed::Invalid(refusal) => Parsed::Invalid(refusal),
+        }
+    }
+
+    fn refusal(text: &str) -> Option<u16> {
+        let mut headers = header_slots();
+        match parse_request(text.as_bytes(), &mut headers, &HeadLimits::default()) {
+            Parsed::Invalid(refusal) => Some(refusal.status),
+            _ => None,
+        }
+    }
+
+    fn needs_hyper(text: &str) -> bool {
+        let mut headers = header_slots();
+        match parse_request(text.as_bytes(), &mut headers, &HeadLimits::default()) {
+            Parsed::Complete((head, _)) => head.needs_hyper,
+            other => panic!("{text:?}: {other:?}"),
         }
     }
 
@@ -709,7 +989,10 @@ mod tests {
                     x-forwarded-proto: https\r\nx-request-id: mine\r\nx-request-start: t=5\r\n\
                     transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
         let mut headers = header_slots();
-        let Parsed::Complete((head, headers)) = parse_request(text.as_bytes(), &mut headers) else { panic!() };
+        let Parsed::Complete((head, headers)) = parse_request(text.as_bytes(), &mut headers, &HeadLimits::default())
+        else {
+            panic!()
+        };
         assert_eq!(head.framing, Framing::Chunked);
         assert_eq!(head.request_id, Some(&b"mine"[..]));
         assert_eq!(&text[head.head_len..], "5\r\nhello\r\n0\r\n\r\n");
@@ -725,31 +1008,114 @@ mod tests {
     }
 
     #[test]
-    fn unusual_requests_go_to_the_hyper_path() {
+    fn unusual_valid_requests_go_to_the_hyper_path() {
         for text in [
             "GET / HTTP/1.0\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.0\r\n\r\n",
             "GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
-            "GET / HTTP/1.1\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
-            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
-            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
-            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
-            "CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n",
-            "GARBAGE\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost:\r\n\r\n",
         ] {
-            assert!(matches!(request(text), Parsed::Unsupported), "{text:?}");
+            assert!(needs_hyper(text), "{text:?}");
         }
+        assert!(!needs_hyper("GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
         assert!(matches!(request("GET / HTTP/1.1\r\nHost: a\r\n"), Parsed::Partial));
+    }
+
+    #[test]
+    fn ambiguous_requests_are_refused() {
+        for (text, status) in [
+            ("GET / HTTP/1.1\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x5\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \x0bchunked\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n chunked\r\n\r\n", 400),
+            ("POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            ("CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n", 405),
+            ("GARBAGE\r\n\r\n", 400),
+        ] {
+            assert_eq!(refusal(text), Some(status), "{text:?}");
+        }
+        for text in [
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\tchunked \r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a:8080\r\nContent-Length:  5 \r\n\r\n",
+        ] {
+            assert_eq!(refusal(text), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn connection_options_never_remove_framing_or_host() {
+        let Parsed::Complete(out) = request(
+            "POST / HTTP/1.1\r\nHost: app\r\nContent-Length: 3\r\nConnection: Content-Length, host, X-A\r\nX-A: 1\r\n\r\n",
+        ) else {
+            panic!("supported")
+        };
+        assert_eq!(
+            out,
+            "POST / HTTP/1.1\r\nHost: app\r\nX-Forwarded-For: 10.0.0.9\r\nX-Forwarded-Proto: http\r\n\
+             X-Forwarded-Host: app\r\nX-Request-ID: id-1\r\nX-Request-Start: t=N\r\nContent-Length: 3\r\n\r\n"
+        );
+        let Parsed::Complete(out) = request(
+            "POST / HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive, transfer-encoding\r\n\r\n",
+        ) else {
+            panic!("supported")
+        };
+        assert!(out.ends_with("Transfer-Encoding: chunked\r\n\r\n"), "{out}");
+        let Parsed::Complete(out) = request("POST / HTTP/1.1\r\nHost: app\r\nContent-Length: 0\r\n\r\n") else {
+            panic!("supported")
+        };
+        assert!(out.ends_with("Content-Length: 0\r\n\r\n"), "{out}");
+    }
+
+    #[test]
+    fn head_limits() {
+        let limits = HeadLimits { max_line: 100, max_head: 400, max_headers: 5 };
+        let parse = |text: &str| {
+            let mut headers = header_slots();
+            match parse_request(text.as_bytes(), &mut headers, &limits) {
+                Parsed::Complete(_) => 200,
+                Parsed::Partial => 0,
+                Parsed::Invalid(refusal) => refusal.status,
+            }
+        };
+        let long = "x".repeat(120);
+        assert_eq!(parse(&format!("GET /{long} HTTP/1.1\r\nHost: a\r\n\r\n")), 414);
+        assert_eq!(parse(&format!("GET /{long}")), 414, "before the line ends");
+        assert_eq!(parse(&format!("GET / HTTP/1.1\r\nHost: a\r\nX: {long}\r\n\r\n")), 431);
+        assert_eq!(parse(&format!("GET / HTTP/1.1\r\nHost: a\r\nX: {long}")), 431, "before the line ends");
+        let many = "X: 1\r\n".repeat(5);
+        assert_eq!(parse(&format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n")), 431);
+        let big = format!("X: {}\r\n", "y".repeat(90)).repeat(4);
+        assert_eq!(parse(&format!("GET / HTTP/1.1\r\nHost: a\r\n{big}\r\n")), 431);
+        assert_eq!(parse(&format!("GET / HTTP/1.1\r\nHost: a\r\n{}", &big[..300])), 0);
+        assert_eq!(parse("GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n\r\n"), 200);
     }
 
     #[test]
     fn request_framing() {
         let framing = |text: &str| {
             let mut headers = header_slots();
-            match parse_request(text.as_bytes(), &mut headers) {
+            match parse_request(text.as_bytes(), &mut headers, &HeadLimits::default()) {
                 Parsed::Complete((head, _)) => (head.framing, head.close),
                 other => panic!("{other:?}"),
             }
@@ -773,7 +1139,7 @@ mod tests {
     fn response_framing_and_reuse() {
         let (head, out) = response("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nDate: x\r\n\r\nhello", false).unwrap();
         assert_eq!((head.framing, head.reusable), (Framing::Length(5), true));
-        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nDate: x\r\n\r\n");
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nDate: x\r\nContent-Length: 5\r\n\r\n");
 
         let (head, out) =
             response("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nKeep-Alive: 5\r\nDate: x\r\n\r\n", false)
@@ -816,31 +1182,106 @@ mod tests {
     }
 
     #[test]
+    fn responses_keep_their_framing_whatever_connection_says() {
+        let (head, out) =
+            response("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: Content-Length\r\nDate: x\r\n\r\n", false)
+                .unwrap();
+        assert_eq!(head.framing, Framing::Length(5));
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nDate: x\r\nContent-Length: 5\r\n\r\n");
+        let (head, out) =
+            response("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nDate: x\r\n\r\n", false).unwrap();
+        assert_eq!(head.framing, Framing::Chunked);
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nDate: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+        let (head, out) = response(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding:chunked\r\nDate: x\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!(head.framing, Framing::Chunked);
+        assert!(out.contains("Transfer-Encoding: gzip, chunked\r\n"), "{out}");
+        let (head, out) = response("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nDate: x\r\n\r\n", false).unwrap();
+        assert_eq!((head.framing, head.reusable), (Framing::UntilClose, false));
+        assert!(out.contains("Transfer-Encoding: gzip, chunked\r\n"), "re-chunked, gzip kept: {out}");
+        assert!(response("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip, chunked\r\n\r\n", false).is_err());
+        let (_, out) = response("HTTP/1.1 200 OK\r\nContent-Length: 7\r\nDate: x\r\n\r\n", true).unwrap();
+        assert!(out.contains("Content-Length: 7\r\n"), "a HEAD answer keeps its length: {out}");
+        let (_, out) = response("HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nDate: x\r\n\r\n", false).unwrap();
+        assert!(!out.contains("Content-Length"), "{out}");
+    }
+
+    #[test]
     fn chunked_bodies_end_where_they_end_whatever_the_split() {
-        let body = b"5;name=value\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nTrailer: x\r\n\r\n";
+        let body = b"5;name=value\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nTrailer: x\r\nB: 2\r\n\r\n";
+        let forwarded = b"5;name=value\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\n\r\n";
         let next = b"GET / HTTP/1.1\r\n";
         let input = [&body[..], &next[..]].concat();
         for split in 0..input.len() {
             let mut progress = BodyProgress::new(Framing::Chunked);
+            let mut out = Vec::new();
             let first = progress.advance(&input[..split]).unwrap();
-            let second = if progress.is_done() { 0 } else { progress.advance(&input[first..]).unwrap() };
+            out.extend(first.forwarded(&input[..split]).concat());
+            let mut taken = first.taken;
+            if !progress.is_done() {
+                let second = progress.advance(&input[taken..]).unwrap();
+                out.extend(second.forwarded(&input[taken..]).concat());
+                taken += second.taken;
+            }
             assert!(progress.is_done(), "split at {split}");
-            assert_eq!(first + second, body.len(), "split at {split}");
+            assert_eq!(taken, body.len(), "split at {split}");
+            assert_eq!(out, forwarded, "split at {split}: trailer fields are not forwarded");
         }
         let mut progress = BodyProgress::new(Framing::Chunked);
-        assert_eq!(progress.advance(b"0\r\n\r\n").unwrap(), 5);
+        assert_eq!(progress.advance(b"0\r\n\r\n").unwrap().taken, 5);
         assert!(progress.is_done());
-        for bad in [&b"x\r\n"[..], b"5\r\nhelloXX", b"\r\n", b"5\nhello", b"fffffffffffffffff\r\n"] {
-            assert_eq!(BodyProgress::new(Framing::Chunked).advance(bad), Err(BadFraming), "{bad:?}");
+    }
+
+    #[test]
+    fn chunked_framing_is_strict() {
+        for bad in [
+            &b"x\r\n"[..],
+            b"5\r\nhelloXX",
+            b"\r\n",
+            b"5\nhello",
+            b"5 \r\nhello\r\n",
+            b"5\t\r\nhello\r\n",
+            b" 5\r\nhello\r\n",
+            b"5;a=\x01\r\nhello\r\n",
+            b"5;a\nhello",
+            b"fffffffffffffffff\r\n",
+            b"5\r\nhello\n",
+            b"5\r\nhello\r\r",
+            b"0\r\n\n",
+            b"0\n\r\n",
+            b"0\r\nGET /admin HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"0\r\nX: 1\n\r\n",
+            b"0\r\n: x\r\n\r\n",
+            b"0\r\nX : 1\r\n\r\n",
+            b"0\r\nX: \x01\r\n\r\n",
+        ] {
+            assert_eq!(
+                BodyProgress::new(Framing::Chunked).advance(bad),
+                Err(BadFraming),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let extension = format!("1;{}\r\n", "e".repeat(5000));
+        assert_eq!(BodyProgress::new(Framing::Chunked).advance(extension.as_bytes()), Err(BadFraming));
+        let trailers = format!("0\r\n{}", "X: 1\r\n".repeat(4000));
+        assert_eq!(BodyProgress::new(Framing::Chunked).advance(trailers.as_bytes()), Err(BadFraming));
+        for good in [&b"5;a=\"b c\"\r\nhello\r\n0\r\n\r\n"[..], b"A\r\n0123456789\r\n0;x\r\nX-T: a b\t\r\n\r\n"] {
+            let mut progress = BodyProgress::new(Framing::Chunked);
+            assert_eq!(progress.advance(good).unwrap().taken, good.len());
+            assert!(progress.is_done());
         }
     }
 
     #[test]
     fn length_bodies_stop_at_their_length() {
         let mut progress = BodyProgress::new(Framing::Length(5));
-        assert_eq!(progress.advance(b"hel").unwrap(), 3);
+        assert_eq!(progress.advance(b"hel").unwrap().taken, 3);
         assert!(!progress.is_done());
-        assert_eq!(progress.advance(b"lo, next").unwrap(), 2);
+        assert_eq!(progress.advance(b"lo, next").unwrap().taken, 2);
         assert!(progress.is_done());
         assert!(BodyProgress::new(Framing::Empty).is_done());
     }

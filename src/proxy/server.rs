@@ -21,9 +21,11 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 
 use super::ProxyError;
+use super::connection_limits::{Admitted, ConnectionLimits};
 use super::control;
 use super::fast_path;
 use super::forward::{ConnectionInfo, Shared, handle};
+use super::http1::HeadLimits;
 use super::observability::{self, Metrics};
 use super::router::Router;
 use super::state;
@@ -52,6 +54,12 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Time allowed to receive a request body the proxy buffers.
     pub read_timeout: Duration,
+    /// Time allowed for a request head once its first byte arrived.
+    pub header_timeout: Duration,
+    pub head_limits: HeadLimits,
+    /// Most client connections at once, in all and per client IP (0: no limit).
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
     pub shutdown_timeout: Duration,
     pub access_log: bool,
     /// Default ACME directory for automatic certificates.
@@ -111,7 +119,10 @@ async fn serve(config: ServerConfig) -> Result<(), ProxyError> {
         access_log: config.access_log,
         https_port,
         body_read_timeout: config.read_timeout,
+        head_limits: config.head_limits,
+        header_timeout: config.header_timeout,
     });
+    let limits = ConnectionLimits::new(config.max_connections, config.max_connections_per_ip);
     let control_listener = control::bind(&config.socket)?;
     let metrics_listener = match config.metrics_port {
         Some(port) => Some(bind_listeners(config.bind, port, 1, "the metrics port")?.remove(0)),
@@ -140,6 +151,7 @@ async fn serve(config: ServerConfig) -> Result<(), ProxyError> {
         let tls_config = Arc::clone(&tls_config);
         let shutdown = shutdown_rx.clone();
         let config = config.clone();
+        let limits = Arc::clone(&limits);
         let thread = std::thread::Builder::new()
             .name(format!("proxy-worker-{index}"))
             .spawn(move || {
@@ -150,6 +162,7 @@ async fn serve(config: ServerConfig) -> Result<(), ProxyError> {
                     tls_config,
                     shutdown,
                     config,
+                    limits,
                 )
             })
             .map_err(|source| ProxyError::Io {
@@ -239,6 +252,7 @@ fn run_worker(
     tls_config: Arc<rustls::ServerConfig>,
     shutdown: watch::Receiver<bool>,
     config: ServerConfig,
+    limits: Arc<ConnectionLimits>,
 ) {
     WORKER_INDEX.with(|w| w.set(index));
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -264,6 +278,7 @@ fn run_worker(
             let connections = Arc::clone(&connections);
             let mut shutdown = shutdown.clone();
             let config = config.clone();
+            let limits = Arc::clone(&limits);
             tokio::spawn(async move {
                 loop {
                     let (stream, client) = tokio::select! {
@@ -277,6 +292,11 @@ fn run_worker(
                         },
                         _ = shutdown.changed() => break,
                     };
+                    // Over a connection limit: closed before anything is read or answered.
+                    let Some(admitted) = limits.admit(client.ip()) else {
+                        drop(stream);
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
                     let local_port = stream.local_addr().map_or(0, |a| a.port());
                     let info = ConnectionInfo::new(client, local_port, kind == ListenerKind::Https);
@@ -288,6 +308,7 @@ fn run_worker(
                         ListenerKind::Http => {
                             let (idle_timeout, shutdown_timeout) = (config.idle_timeout, config.shutdown_timeout);
                             tokio::spawn(async move {
+                                let _admitted = admitted;
                                 let handoff = fast_path::serve(stream, &info, &shared, idle_timeout, &shutdown).await;
                                 if let Some(stream) = handoff {
                                     // Boxed: hyper's connection state would otherwise enlarge every
@@ -301,6 +322,7 @@ fn run_worker(
                         ListenerKind::Https => {
                             let acceptor = acceptor.clone();
                             tokio::spawn(serve_tls(
+                                admitted,
                                 stream,
                                 info,
                                 shared,
@@ -367,6 +389,7 @@ async fn serve_http1<I>(
 
 #[allow(clippy::too_many_arguments)]
 async fn serve_tls(
+    _admitted: Admitted,
     stream: TcpStream,
     info: ConnectionInfo,
     shared: Arc<Shared>,

@@ -446,6 +446,13 @@ pub enum UpstreamError {
     Request(hyper::Error),
 }
 
+impl UpstreamError {
+    /// The request failed because reading the client's body failed (it broke off, or its framing was bad).
+    pub fn is_client_body(&self) -> bool {
+        matches!(self, UpstreamError::Request(error) if error.is_user())
+    }
+}
+
 impl std::fmt::Display for UpstreamError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

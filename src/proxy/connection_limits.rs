@@ -1,0 +1,99 @@
+//! Caps on client connections, in total and per client IP address (`--max-connections`,
+//! `--max-connections-per-ip`): a connection over either is closed as soon as it is accepted, before any
+//! byte is read, so a flood of idle or slow connections cannot take the proxy's memory or descriptors.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// The open client connections, counted against the limits (shared by every worker).
+pub struct ConnectionLimits {
+    max_total: usize,
+    max_per_ip: usize,
+    total: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One admitted connection; dropping it frees its place.
+pub struct Admitted {
+    limits: Arc<ConnectionLimits>,
+    ip: IpAddr,
+}
+
+impl ConnectionLimits {
+    /// Limits of `max_total` and `max_per_ip` connections (0: no limit).
+    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<ConnectionLimits> {
+        Arc::new(ConnectionLimits {
+            max_total,
+            max_per_ip,
+            total: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Admits a connection from `ip`, or says no when a limit is reached.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Admitted> {
+        let total = self.total.fetch_add(1, Ordering::Relaxed);
+        if self.max_total > 0 && total >= self.max_total {
+            self.total.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        if self.max_per_ip > 0 {
+            let mut per_ip = self.per_ip.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let count = per_ip.entry(ip).or_insert(0);
+            if *count >= self.max_per_ip {
+                drop(per_ip);
+                self.total.fetch_sub(1, Ordering::Relaxed);
+                return None;
+            }
+            *count += 1;
+        }
+        Some(Admitted { limits: Arc::clone(self), ip })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let limits = &self.limits;
+        limits.total.fetch_sub(1, Ordering::Relaxed);
+        if limits.max_per_ip > 0 {
+            let mut per_ip = limits.per_ip.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some(count) = per_ip.get_mut(&self.ip) {
+                *count -= 1;
+                if *count == 0 {
+                    per_ip.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_in_total_and_per_ip() {
+        let limits = ConnectionLimits::new(3, 2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let first = limits.admit(a).expect("first");
+        let _second = limits.admit(a).expect("second");
+        assert!(limits.admit(a).is_none(), "per-IP limit");
+        let third = limits.admit(b).expect("another IP");
+        assert!(limits.admit(b).is_none(), "total limit");
+        assert_eq!(limits.open(), 3);
+        drop(first);
+        assert!(limits.admit(a).is_some(), "a place freed");
+        drop(third);
+        let unlimited = ConnectionLimits::new(0, 0);
+        let many: Vec<_> = (0..100).map(|_| unlimited.admit(a).unwrap()).collect();
+        assert_eq!(unlimited.open(), many.len());
+    }
+}
