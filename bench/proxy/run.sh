@@ -12,6 +12,8 @@
 # BERTH_BIN=path measures another berth binary; BASELINE_BIN=path also measures a second one (e.g. the
 # previous build) as the setup "base", in the same rounds.
 set -euo pipefail
+# 10,000 idle connections need more descriptors than the usual 1,024 (client and proxy sides).
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 duration=${1:-10}
 rounds=${2:-3}
@@ -61,7 +63,8 @@ worker_processes 1;
 daemon off;
 pid $work/nginx-proxy.pid;
 error_log $work/nginx-proxy-error.log;
-events { worker_connections 8192; }
+worker_rlimit_nofile 65536;
+events { worker_connections 20000; }
 http {
     access_log off;
     keepalive_requests 10000000;
@@ -92,7 +95,7 @@ pids+=($nginx_master)
 ln -s "$berth" "$work/kamal-proxy"
 export KAMAL_PROXY_SOCKET=$work/proxy.sock
 taskset -c 1 "$work/kamal-proxy" run --bind=127.0.0.1 --http-port=$berth_port --https-port=0 --workers=1 \
-    --state-dir="$work/state" --access-log=false >"$work/berth.log" 2>&1 &
+    --state-dir="$work/state" --access-log=false --max-connections-per-ip=0 >"$work/berth.log" 2>&1 &
 berth_pid=$!
 pids+=($berth_pid)
 if [[ -n $baseline ]]; then
@@ -100,6 +103,7 @@ if [[ -n $baseline ]]; then
     ln -s "$baseline" "$work/base/kamal-proxy"
     KAMAL_PROXY_SOCKET=$work/base/proxy.sock taskset -c 1 "$work/base/kamal-proxy" run --bind=127.0.0.1 \
         --http-port=$base_port --https-port=0 --workers=1 --state-dir="$work/base/state" --access-log=false \
+        $(if "$baseline" run --help 2>/dev/null | grep -q max-connections-per-ip; then echo --max-connections-per-ip=0; fi) \
         >"$work/base.log" 2>&1 &
     base_pid=$!
     pids+=($base_pid)
@@ -198,19 +202,23 @@ done
 echo "berth/nginx throughput per round: $(tr '\n' ' ' <<<"$ratios")"
 echo "median berth/nginx: $(awk 'NF' <<<"$ratios" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')"
 
-# Memory: RSS growth of the proxy process (nginx: its worker) with 1,000 idle keep-alive connections,
-# each having made one request.
+# Memory: RSS growth of the proxy process (nginx: its worker) with 1,000 and 10,000 idle keep-alive
+# connections, each having made one request, and with 2,000 slow clients each holding a ~60 KB partial head.
 # The process's whole RSS is printed too: nginx allocates its connection table (worker_connections) up
 # front, so its growth is near zero while its baseline already holds that memory.
-idle_rss() { # pid port -> "KB of growth (RSS before)"
+held_rss() { # pid port count mode -> "KB of growth (RSS before)"
     local before
     before=$(awk '/^VmRSS/ {print $2}' "/proc/$1/status")
-    echo "$(python3 "$repo/bench/proxy/idle_connections.py" "$1" "$2" 1000) KB (process RSS before: $before KB)"
+    echo "$(python3 "$repo/bench/proxy/idle_connections.py" "$1" "$2" "$3" "$4") KB (process RSS before: $before KB)"
 }
-echo
-echo "memory per 1,000 idle keep-alive connections (RSS growth):"
-echo "nginx  $(idle_rss "$nginx_worker" $nginx_port)"
-echo "berth  $(idle_rss "$berth_pid" $berth_port)"
-if [[ -n $baseline ]]; then
-    echo "base   $(idle_rss "$base_pid" $base_port)"
-fi
+for held in "1000 idle" "10000 idle" "2000 slow"; do
+    read -r count mode <<<"$held"
+    echo
+    echo "memory with $count $mode connections (RSS growth):"
+    echo "nginx  $(held_rss "$nginx_worker" $nginx_port "$count" "$mode")"
+    echo "berth  $(held_rss "$berth_pid" $berth_port "$count" "$mode")"
+    if [[ -n $baseline ]]; then
+        echo "base   $(held_rss "$base_pid" $base_port "$count" "$mode")"
+    fi
+    sleep 2 # let both close the held connections before the next measurement
+done

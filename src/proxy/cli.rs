@@ -125,6 +125,9 @@ pub struct RunArgs {
     /// Most client connections open at once from one IP address (more are closed at once; 0: no limit)
     #[arg(long, default_value_t = 1024)]
     pub max_connections_per_ip: usize,
+    /// Memory all incomplete request heads may hold beyond their first 16 KiB, in all (more: 503)
+    #[arg(long, value_parser = size_arg, default_value = "32MB")]
+    pub max_pending_header_memory: u64,
     /// Time in-flight requests get to finish on SIGTERM
     #[arg(long, value_parser = duration_arg, default_value = "10s")]
     pub shutdown_timeout: Duration,
@@ -446,6 +449,7 @@ pub fn run_server(args: RunArgs) -> anyhow::Result<()> {
         acme_challenges: ChallengeKind::parse_list(&args.acme_challenges)
             .map_err(|e| anyhow::anyhow!("--acme-challenges: {e}"))?,
     };
+    super::connection_limits::set_pending_head_limit(args.max_pending_header_memory as usize);
     server::run(config)?;
     Ok(())
 }

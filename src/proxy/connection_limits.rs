@@ -1,6 +1,8 @@
-//! Caps on client connections, in total and per client IP address (`--max-connections`,
-//! `--max-connections-per-ip`): a connection over either is closed as soon as it is accepted, before any
-//! byte is read, so a flood of idle or slow connections cannot take the proxy's memory or descriptors.
+//! Caps on what clients can hold: connections in total and per client IP address (`--max-connections`,
+//! `--max-connections-per-ip`: a connection over either is closed as soon as it is accepted, before any
+//! byte is read) and the memory held by request heads that are still incomplete
+//! (`--max-pending-header-memory`), so a flood of idle or slow clients cannot take the proxy's memory or
+//! descriptors.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -74,6 +76,45 @@ impl Drop for Admitted {
     }
 }
 
+/// Memory that incomplete request heads may hold beyond their first read buffer, process-wide.
+static PENDING_HEAD_LIMIT: AtomicUsize = AtomicUsize::new(32 * 1024 * 1024);
+static PENDING_HEAD_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets the process-wide budget for incomplete request heads (`--max-pending-header-memory`).
+pub fn set_pending_head_limit(bytes: usize) {
+    PENDING_HEAD_LIMIT.store(bytes, Ordering::Relaxed);
+}
+
+/// Bytes an incomplete request head holds from the budget; given back on drop (or [`Self::release`]).
+#[derive(Debug, Default)]
+pub struct HeadReservation(usize);
+
+impl HeadReservation {
+    /// Takes `bytes` more from the budget, or says no when the budget would be exceeded: the head is
+    /// then refused (503) instead of growing, so slow clients cannot hold more than the budget in all.
+    pub fn grow(&mut self, bytes: usize) -> bool {
+        let limit = PENDING_HEAD_LIMIT.load(Ordering::Relaxed);
+        let held = PENDING_HEAD_BYTES.fetch_add(bytes, Ordering::Relaxed);
+        if held + bytes > limit {
+            PENDING_HEAD_BYTES.fetch_sub(bytes, Ordering::Relaxed);
+            return false;
+        }
+        self.0 += bytes;
+        true
+    }
+
+    /// Gives everything held back (the head is complete, or refused).
+    pub fn release(&mut self) {
+        PENDING_HEAD_BYTES.fetch_sub(std::mem::take(&mut self.0), Ordering::Relaxed);
+    }
+}
+
+impl Drop for HeadReservation {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,5 +136,19 @@ mod tests {
         let unlimited = ConnectionLimits::new(0, 0);
         let many: Vec<_> = (0..100).map(|_| unlimited.admit(a).unwrap()).collect();
         assert_eq!(unlimited.open(), many.len());
+    }
+
+    #[test]
+    fn incomplete_heads_share_one_budget() {
+        let before = PENDING_HEAD_BYTES.load(Ordering::Relaxed);
+        let limit = PENDING_HEAD_LIMIT.load(Ordering::Relaxed);
+        let mut first = HeadReservation::default();
+        assert!(first.grow(limit / 2));
+        let mut second = HeadReservation::default();
+        assert!(!second.grow(limit), "over the budget");
+        first.release();
+        assert!(second.grow(limit / 2), "given back");
+        drop(second);
+        assert_eq!(PENDING_HEAD_BYTES.load(Ordering::Relaxed), before);
     }
 }

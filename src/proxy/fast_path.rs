@@ -30,6 +30,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Sleep;
 
+use super::connection_limits::HeadReservation;
 use super::forward::{
     self, CLAIM_ATTEMPTS, ConnectionInfo, HeaderLookup, LogDetails, LogOutcome, Shared, host_without_port,
 };
@@ -96,6 +97,7 @@ pub async fn serve<C: ClientIo>(
         }
         let buffer = input.as_mut()?;
         let mut head_deadline = None;
+        let mut reservation = HeadReservation::default();
         let exchange = loop {
             match prepare(shared, info, buffer.filled(), out.get()) {
                 Prepared::Forward(exchange) => break exchange,
@@ -107,6 +109,13 @@ pub async fn serve<C: ClientIo>(
                     return None;
                 }
                 Prepared::Partial => {
+                    // A head larger than the first buffer grows only within the process-wide budget.
+                    if buffer.will_grow() && !reservation.grow(buffer.data.capacity().max(BUFFER_SIZE)) {
+                        let refusal =
+                            Refusal { status: 503, reason: "too many large request heads in progress; try again" };
+                        Box::pin(refuse(&mut client, refusal)).await;
+                        return None;
+                    }
                     // The rest of the head: within the header timeout of its first bytes, else 408.
                     let deadline = *head_deadline.get_or_insert_with(|| Instant::now() + shared.header_timeout);
                     idle_timer.arm(deadline);
@@ -127,6 +136,7 @@ pub async fn serve<C: ClientIo>(
                 }
             }
         };
+        drop(reservation);
         let timer = target_timer.get_or_insert_with(|| Timer::new(exchange.service.options.target_timeout));
         // Boxed: the exchange's state is most of a connection's future, and an idle connection needs none of it.
         let exchange = run_exchange(&mut client, buffer, out.get(), exchange, shared, info, timer, shutdown);
@@ -954,6 +964,11 @@ impl Buffer {
             self.compact();
             self.data.reserve(total - self.data.len());
         }
+    }
+
+    /// The next read needs a larger vector (no free capacity, and no consumed bytes to move out).
+    fn will_grow(&self) -> bool {
+        self.data.len() == self.data.capacity() && self.start == 0
     }
 
     /// The vector to read into, with free capacity after the unread bytes (moved to the front, or the

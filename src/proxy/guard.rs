@@ -25,6 +25,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
+use super::connection_limits::HeadReservation;
 use super::http1::{self, BodyProgress, HeadLimits, Parsed, Refusal};
 
 /// How much is read from the client at a time.
@@ -43,6 +44,8 @@ pub struct Guarded<S> {
     header_timeout: Duration,
     /// Runs while a request head is incomplete.
     head_timer: Option<Pin<Box<Sleep>>>,
+    /// The process-wide memory an incomplete head holds beyond one read's worth.
+    reservation: HeadReservation,
     responses: ResponseWatch,
     /// The refusal to write when hyper shuts the connection down, and how much of it is written.
     refusal: Option<(Vec<u8>, usize)>,
@@ -82,6 +85,7 @@ impl<S> Guarded<S> {
             limits,
             header_timeout,
             head_timer: None,
+            reservation: HeadReservation::default(),
             responses: ResponseWatch::default(),
             refusal: None,
             read_waker: None,
@@ -117,6 +121,7 @@ impl<S> Guarded<S> {
                             self.responses.expect(head_request);
                             self.ready += head_len;
                             self.head_timer = None;
+                            self.reservation.release();
                             self.phase = Phase::Body { progress: BodyProgress::new(framing), upgrade };
                         }
                         Ok(None) => return,
@@ -152,6 +157,7 @@ impl<S> Guarded<S> {
         self.input.truncate(self.at + self.ready);
         self.refusal = Some((http1::refusal_response(refusal), 0));
         self.head_timer = None;
+        self.reservation.release();
         self.phase = Phase::Refused;
     }
 
@@ -214,6 +220,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
             if this.at > 0 {
                 this.input.drain(..this.at);
                 this.at = 0;
+            }
+            // A head longer than one read grows only within the process-wide budget.
+            if matches!(this.phase, Phase::Head) && this.input.len() >= READ_SIZE && !this.reservation.grow(READ_SIZE) {
+                this.refuse(Refusal { status: 503, reason: "too many large request heads in progress; try again" });
+                continue;
             }
             let start = this.input.len();
             this.input.resize(start + READ_SIZE, 0);

@@ -1286,6 +1286,312 @@ mod tests {
         assert!(BodyProgress::new(Framing::Empty).is_done());
     }
 
+    /// A small deterministic generator (xorshift), so the property tests below repeat exactly.
+    struct Random(u64);
+
+    impl Random {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+            items[self.below(items.len())]
+        }
+    }
+
+    /// A request head built from pieces that smuggling attempts use, then perhaps damaged.
+    fn random_request(random: &mut Random) -> Vec<u8> {
+        let mut text = format!(
+            "{} {} {}\r\n",
+            random.pick(&["GET", "POST", "PUT", "HEAD", "GET", "POST", "CONNECT", "G T", "get"]),
+            random.pick(&["/", "/a?b=1", "/", "/x/y", "http://app/x", "*", "/\x01", "/a b"]),
+            random.pick(&["HTTP/1.1", "HTTP/1.1", "HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/1.1 "]),
+        );
+        if random.below(5) != 0 {
+            text.push_str("Host: app\r\n");
+        }
+        for _ in 0..random.below(4) {
+            let name = random.pick(&[
+                "Host",
+                "host",
+                "Content-Length",
+                "Transfer-Encoding",
+                "Connection",
+                "X-A",
+                "Expect",
+                "Upgrade",
+                "Transfer-Encoding ",
+                " Host",
+                "Content-Length\t",
+            ]);
+            let value = random.pick(&[
+                "app",
+                "",
+                "5",
+                "0",
+                "5, 5",
+                "+5",
+                "chunked",
+                "Chunked",
+                "gzip, chunked",
+                " chunked\t",
+                "\x0bchunked",
+                "content-length",
+                "close",
+                "keep-alive, transfer-encoding",
+                "host",
+                "websocket",
+                "100-continue",
+                "upgrade",
+                "18446744073709551616",
+                "a\r\n b",
+            ]);
+            text.push_str(&format!("{name}:{}{value}\r\n", if random.below(2) == 0 { " " } else { "" }));
+        }
+        text.push_str(random.pick(&["\r\n", "\r\n", "\n", ""]));
+        let mut bytes = text.into_bytes();
+        for _ in 0..random.below(2) * random.below(3) {
+            if bytes.is_empty() {
+                break;
+            }
+            let at = random.below(bytes.len());
+            match random.below(3) {
+                0 => bytes[at] = random.next() as u8,
+                1 => {
+                    bytes.remove(at);
+                }
+                _ => bytes.insert(at, random.pick(&["\r", "\n", " ", "\0", ":", ","]).as_bytes()[0]),
+            }
+        }
+        bytes
+    }
+
+    /// The framing headers of a head as forwarded: (Content-Length values, Transfer-Encoding values).
+    fn framing_headers(head: &[u8]) -> (Vec<String>, Vec<String>) {
+        let mut slots = header_slots();
+        let mut response = httparse::Request::new(&mut []);
+        let status = response.parse_with_uninit_headers(head, &mut slots).expect("berth writes valid heads");
+        assert!(status.is_complete());
+        let values = |name: &str| -> Vec<String> {
+            response
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| String::from_utf8_lossy(h.value).into_owned())
+                .collect()
+        };
+        (values("content-length"), values("transfer-encoding"))
+    }
+
+    #[test]
+    fn random_request_heads_never_panic_and_keep_their_framing() {
+        let mut random = Random(0x9e37_79b9_7f4a_7c15);
+        let (mut accepted, mut refused) = (0, 0);
+        for round in 0..20_000 {
+            let bytes = if round % 5 == 0 {
+                (0..random.below(200)).map(|_| random.next() as u8).collect()
+            } else {
+                random_request(&mut random)
+            };
+            let mut slots = header_slots();
+            let (head, headers) = match parse_request(&bytes, &mut slots, &HeadLimits::default()) {
+                Parsed::Complete(parsed) => parsed,
+                Parsed::Invalid(refusal) => {
+                    assert!([400, 405, 414, 431].contains(&refusal.status), "{refusal:?}");
+                    refused += 1;
+                    continue;
+                }
+                Parsed::Partial => continue,
+            };
+            accepted += 1;
+            if head.needs_hyper {
+                // Forwarded by hyper (through the guard, which applies these same rules).
+                continue;
+            }
+            let forwarding =
+                Forwarding { path: head.path, trust: false, client_ip: "10.0.0.1", scheme: "http", request_id: b"r" };
+            let mut out = Vec::new();
+            write_request_head(&mut out, &head, headers, &forwarding);
+            let (lengths, codings) = framing_headers(&out);
+            let expected = match head.framing {
+                Framing::Chunked => (vec![], vec!["chunked".to_string()]),
+                Framing::Length(length) => (vec![length.to_string()], vec![]),
+                Framing::Empty if head.content_length.is_some() => (vec!["0".to_string()], vec![]),
+                Framing::Empty | Framing::UntilClose => (vec![], vec![]),
+            };
+            assert_eq!(
+                (lengths, codings),
+                expected,
+                "{:?} -> {:?}",
+                String::from_utf8_lossy(&bytes),
+                String::from_utf8_lossy(&out)
+            );
+            // The forwarded head is itself accepted, with the same framing and target.
+            let mut again = header_slots();
+            match parse_request(&out, &mut again, &HeadLimits::default()) {
+                Parsed::Complete((forwarded, _)) => {
+                    assert_eq!(
+                        (forwarded.framing, forwarded.method, forwarded.path),
+                        (head.framing, head.method, head.path)
+                    );
+                }
+                other => panic!(
+                    "{:?} forwarded as {:?}: {other:?}",
+                    String::from_utf8_lossy(&bytes),
+                    String::from_utf8_lossy(&out)
+                ),
+            }
+        }
+        assert!(
+            accepted > 1000 && refused > 1000,
+            "the generator covers both sides: {accepted} accepted, {refused} refused"
+        );
+    }
+
+    /// A chunked body built from valid and invalid pieces.
+    fn random_chunked_body(random: &mut Random) -> (Vec<u8>, Vec<u8>) {
+        let mut body = Vec::new();
+        let mut data = Vec::new();
+        for _ in 0..random.below(4) {
+            let size = random.below(20) + 1;
+            let piece: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
+            body.extend_from_slice(random.pick(&["", "", "0"]).as_bytes());
+            body.extend_from_slice(format!("{size:x}").as_bytes());
+            body.extend_from_slice(random.pick(&["\r\n", "\r\n", ";e=1\r\n", " \r\n", "\n", ";\x01\r\n"]).as_bytes());
+            body.extend_from_slice(&piece);
+            body.extend_from_slice(random.pick(&["\r\n", "\r\n", "\r\n", "\n", "x\r\n"]).as_bytes());
+            data.extend_from_slice(&piece);
+        }
+        body.extend_from_slice(random.pick(&["0\r\n", "0\r\n", "000\r\n", "0\n", "0 \r\n"]).as_bytes());
+        for _ in 0..random.below(3) {
+            body.extend_from_slice(
+                random.pick(&["X-T: 1\r\n", "GET /admin HTTP/1.1\r\n", "X: \x01\r\n", "A:b\r\n"]).as_bytes(),
+            );
+        }
+        body.extend_from_slice(random.pick(&["\r\n", "\r\n", "\n", ""]).as_bytes());
+        body.extend_from_slice(b"GET /next HTTP/1.1\r\n\r\n");
+        (body, data)
+    }
+
+    /// Decodes a complete chunked body (as a strict recipient would).
+    fn dechunk(mut body: &[u8]) -> Vec<u8> {
+        let mut data = Vec::new();
+        loop {
+            let line_end = body.windows(2).position(|w| w == b"\r\n").expect("size line");
+            let size_text = String::from_utf8_lossy(&body[..line_end]);
+            let size = usize::from_str_radix(size_text.split(';').next().unwrap(), 16).expect("hex size");
+            body = &body[line_end + 2..];
+            if size == 0 {
+                assert_eq!(body, b"\r\n", "no trailer fields are forwarded");
+                return data;
+            }
+            data.extend_from_slice(&body[..size]);
+            assert_eq!(&body[size..size + 2], b"\r\n");
+            body = &body[size + 2..];
+        }
+    }
+
+    #[test]
+    fn random_chunked_bodies_are_refused_or_forwarded_exactly() {
+        let mut random = Random(0x2545_f491_4f6c_dd1d);
+        let (mut whole, mut broken) = (0, 0);
+        for _ in 0..20_000 {
+            let (input, data) = random_chunked_body(&mut random);
+            // Fed in random pieces, as reads deliver it.
+            let mut progress = BodyProgress::new(Framing::Chunked);
+            let (mut at, mut forwarded, mut failed) = (0, Vec::new(), false);
+            while at < input.len() && !progress.is_done() {
+                let end = (at + 1 + random.below(16)).min(input.len());
+                match progress.advance(&input[at..end]) {
+                    Ok(advanced) => {
+                        forwarded.extend(advanced.forwarded(&input[at..end]).concat());
+                        at += advanced.taken;
+                    }
+                    Err(BadFraming) => {
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            if failed || !progress.is_done() {
+                broken += 1;
+                continue;
+            }
+            whole += 1;
+            assert!(
+                input[at..].starts_with(b"GET /next"),
+                "the body ends where it ends: {:?}",
+                String::from_utf8_lossy(&input)
+            );
+            assert_eq!(dechunk(&forwarded), data);
+            let mut again = BodyProgress::new(Framing::Chunked);
+            assert_eq!(again.advance(&forwarded).unwrap().taken, forwarded.len());
+            assert!(again.is_done());
+        }
+        assert!(whole > 1000 && broken > 1000, "{whole} whole, {broken} broken");
+    }
+
+    #[test]
+    fn random_response_heads_never_panic_and_keep_their_framing() {
+        let mut random = Random(0x1234_5678_9abc_def1);
+        for round in 0..20_000 {
+            let mut text =
+                format!("HTTP/1.{} {} OK\r\n", random.below(2), random.pick(&["200", "204", "304", "103", "404"]));
+            for _ in 0..random.below(5) {
+                let name = random.pick(&["Content-Length", "Transfer-Encoding", "Connection", "X-A"]);
+                let value = random.pick(&[
+                    "5",
+                    "5, 5",
+                    "5, 6",
+                    "chunked",
+                    "gzip, chunked",
+                    "gzip",
+                    "chunked, gzip",
+                    "close",
+                    "content-length",
+                    "x",
+                ]);
+                text.push_str(&format!("{name}: {value}\r\n"));
+            }
+            text.push_str("\r\n");
+            let mut bytes = text.into_bytes();
+            if round % 4 == 0 && !bytes.is_empty() {
+                let at = random.below(bytes.len());
+                bytes[at] = random.next() as u8;
+            }
+            let head_request = random.below(5) == 0;
+            let mut slots = header_slots();
+            let Ok(Some((head, headers))) = parse_response(&bytes, &mut slots, head_request) else { continue };
+            let mut out = Vec::new();
+            write_response_head(&mut out, &head, headers, false);
+            let mut again = header_slots();
+            let (forwarded, _) = parse_response(&out, &mut again, head_request)
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "{:?} forwarded as {:?}: {e}",
+                        String::from_utf8_lossy(&bytes),
+                        String::from_utf8_lossy(&out)
+                    )
+                })
+                .expect("complete");
+            let expected = if head.framing == Framing::UntilClose { Framing::Chunked } else { head.framing };
+            assert_eq!(
+                forwarded.framing,
+                expected,
+                "{:?} -> {:?}",
+                String::from_utf8_lossy(&bytes),
+                String::from_utf8_lossy(&out)
+            );
+        }
+    }
+
     #[test]
     fn http_dates() {
         assert_eq!(&format_http_date(784_111_777), b"Sun, 06 Nov 1994 08:49:37 GMT");
