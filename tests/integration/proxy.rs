@@ -20,6 +20,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+mod hostile;
+
 type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
 
 // ---------------------------------------------------------------------------------------------------------
