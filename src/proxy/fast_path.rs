@@ -55,7 +55,7 @@ pub async fn serve<C: ClientIo>(
     shared: &Shared,
     idle_timeout: Duration,
     shutdown: &watch::Receiver<bool>,
-) -> Option<Guarded<C>> {
+) -> Option<Box<Guarded<C>>> {
     let stop = stopped(shutdown.clone());
     tokio::pin!(stop);
     let mut idle_timer = Timer::new(idle_timeout);
@@ -96,47 +96,27 @@ pub async fn serve<C: ClientIo>(
             }
         }
         let buffer = input.as_mut()?;
-        let mut head_deadline = None;
-        let mut reservation = HeadReservation::default();
-        let exchange = loop {
-            match prepare(shared, info, buffer.filled(), out.get()) {
-                Prepared::Forward(exchange) => break exchange,
-                Prepared::Hyper => {
-                    return Some(Guarded::new(client, buffer.filled(), shared.head_limits, shared.header_timeout));
-                }
-                Prepared::Refuse(refusal) => {
-                    Box::pin(refuse(&mut client, refusal)).await;
-                    return None;
-                }
-                Prepared::Partial => {
-                    // A head larger than the first buffer grows only within the process-wide budget.
-                    if buffer.will_grow() && !reservation.grow(buffer.data.capacity().max(BUFFER_SIZE)) {
-                        let refusal =
-                            Refusal { status: 503, reason: "too many large request heads in progress; try again" };
-                        Box::pin(refuse(&mut client, refusal)).await;
-                        return None;
+        let exchange = match prepare(shared, info, buffer.filled(), out.get()) {
+            Prepared::Forward(exchange) => exchange,
+            Prepared::Hyper => {
+                return Some(hand_over(client, buffer, shared));
+            }
+            Prepared::Refuse(refusal) => {
+                Box::pin(refuse(&mut client, refusal)).await;
+                return None;
+            }
+            // Boxed: waiting for the rest of a head is rarer than a whole head in one read, and its state
+            // would otherwise enlarge every idle connection.
+            Prepared::Partial => {
+                match Box::pin(complete_head(&mut client, buffer, out.get(), shared, info, stop.as_mut())).await {
+                    Prepared::Forward(exchange) => exchange,
+                    Prepared::Hyper => {
+                        return Some(hand_over(client, buffer, shared));
                     }
-                    // The rest of the head: within the header timeout of its first bytes, else 408.
-                    let deadline = *head_deadline.get_or_insert_with(|| Instant::now() + shared.header_timeout);
-                    idle_timer.arm(deadline);
-                    let read = tokio::select! {
-                        biased;
-                        read = read_into(&mut client, buffer) => read,
-                        () = &mut stop => return None,
-                        () = idle_timer.expired() => {
-                            let refusal =
-                                Refusal { status: 408, reason: "request head not received within --header-timeout" };
-                            Box::pin(refuse(&mut client, refusal)).await;
-                            return None;
-                        }
-                    };
-                    if !matches!(read, Ok(n) if n > 0) {
-                        return None;
-                    }
+                    Prepared::Partial | Prepared::Refuse(_) => return None,
                 }
             }
         };
-        drop(reservation);
         let timer = target_timer.get_or_insert_with(|| Timer::new(exchange.service.options.target_timeout));
         // Boxed: the exchange's state is most of a connection's future, and an idle connection needs none of it.
         let exchange = run_exchange(&mut client, buffer, out.get(), exchange, shared, info, timer, shutdown);
@@ -145,6 +125,57 @@ pub async fn serve<C: ClientIo>(
             return None;
         }
     }
+}
+
+/// Reads the rest of a request head that came in pieces, until it can be forwarded, handed to hyper, or
+/// refused (answered here). `Partial` or `Refuse` back: the connection is done.
+async fn complete_head<C: ClientIo>(
+    client: &mut C,
+    buffer: &mut Buffer,
+    out: &mut Vec<u8>,
+    shared: &Shared,
+    info: &ConnectionInfo,
+    mut stop: Pin<&mut impl Future<Output = ()>>,
+) -> Prepared {
+    // The whole head must arrive within the header timeout of its first bytes, else 408.
+    let deadline = tokio::time::sleep(shared.header_timeout);
+    tokio::pin!(deadline);
+    let mut reservation = HeadReservation::default();
+    loop {
+        // A head larger than the first buffer grows only within the process-wide budget.
+        if buffer.will_grow() && !reservation.grow(buffer.data.capacity().max(BUFFER_SIZE)) {
+            let refusal = Refusal { status: 503, reason: "too many large request heads in progress; try again" };
+            refuse(client, refusal).await;
+            return Prepared::Refuse(refusal);
+        }
+        let read = tokio::select! {
+            biased;
+            read = read_into(client, buffer) => read,
+            () = stop.as_mut() => return Prepared::Partial,
+            () = deadline.as_mut() => {
+                let refusal = Refusal { status: 408, reason: "request head not received within --header-timeout" };
+                refuse(client, refusal).await;
+                return Prepared::Refuse(refusal);
+            }
+        };
+        if !matches!(read, Ok(n) if n > 0) {
+            return Prepared::Partial;
+        }
+        match prepare(shared, info, buffer.filled(), out) {
+            Prepared::Partial => {}
+            Prepared::Refuse(refusal) => {
+                refuse(client, refusal).await;
+                return Prepared::Refuse(refusal);
+            }
+            done => return done,
+        }
+    }
+}
+
+/// The connection for the hyper path, with the bytes already read. Boxed: every connection's task has room
+/// for what `serve` returns, and most connections never need it.
+fn hand_over<C>(client: C, buffer: &Buffer, shared: &Shared) -> Box<Guarded<C>> {
+    Box::new(Guarded::new(client, buffer.filled(), shared.head_limits, shared.header_timeout))
 }
 
 async fn stopped(mut shutdown: watch::Receiver<bool>) {
@@ -1079,6 +1110,7 @@ mod tests {
         let (_stop, shutdown) = watch::channel(false);
         let connection = serve(client, &info, &shared, Duration::from_secs(60), &shutdown);
         let size = std::mem::size_of_val(&connection);
+        eprintln!("idle connection future: {size} bytes");
         assert!(size <= 1024, "the connection future grew to {size} bytes");
     }
 }
