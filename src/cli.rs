@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
+mod daemon_commands;
 mod hosts_commands;
 mod on_hosts;
 
@@ -135,6 +136,13 @@ pub enum Command {
     /// Print a shell completion script
     Completions(CompletionsArgs),
 
+    /// Run the deploy daemon: HTTP API, durable queue (SQLite), live logs (until SIGTERM)
+    Serve(daemon_commands::ServeArgs),
+
+    /// Manage the daemon's API tokens
+    #[command(subcommand)]
+    Token(daemon_commands::TokenCommand),
+
     /// Show berth's own version
     Version,
 
@@ -234,6 +242,8 @@ pub fn run(cli: &Cli, env: &Environment, out: &mut dyn Write) -> anyhow::Result<
             out.write_all(&buffer)?;
         }
         Command::Version => writeln!(out, "berth {}", env!("CARGO_PKG_VERSION"))?,
+        Command::Serve(args) => daemon_commands::serve(args, env, out)?,
+        Command::Token(command) => daemon_commands::token(command, env, out)?,
         Command::Proxy(proxy) => return run_proxy_control(proxy),
         Command::Alias(words) => return run_alias(global, env, words, out),
         _ => unreachable!("host commands run in on_hosts"),

@@ -32,7 +32,7 @@ use crate::environment::Environment;
 use crate::secrets::{Secrets, SecretsError};
 use crate::ssh::{HostKeyPolicy, SshConfig, SshError, SshPool};
 use hooks::{HookError, Hooks};
-use output::{Event, Redactor, Sink};
+use output::{DeployStage, Event, ProgressState, Redactor, Sink};
 use remote::Remote;
 use selection::{Filters, Selection, SelectionError};
 
@@ -187,6 +187,12 @@ impl Engine {
         self.remote.ssh().close().await;
     }
 
+    /// Uses `cancel` (raised by whoever runs the engine: the daemon's queue) instead of a flag of its own.
+    pub fn with_cancel(mut self, cancel: Cancel) -> Engine {
+        self.cancel = cancel;
+        self
+    }
+
     pub fn cancel_handle(&self) -> Cancel {
         self.cancel.clone()
     }
@@ -229,6 +235,11 @@ impl Engine {
             })
             .await?;
         Ok(secrets.clone())
+    }
+
+    /// Reports where a deploy is, for the daemon's stage timeline (the console ignores it).
+    pub fn progress(&self, stage: DeployStage, host: Option<&str>, state: ProgressState) {
+        self.sink.emit(Event::Progress { stage, host: host.map(str::to_string), state });
     }
 
     /// Runs a stage: announces it, times it, reports how it ended.

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::inventory::Inventory;
+use super::output::{DeployStage, ProgressState};
 use super::remote::on_hosts;
 use super::{Engine, EngineError};
 use crate::command::Cmd;
@@ -107,6 +108,7 @@ impl Engine {
                 let inventories = &inventories;
                 async move {
                     let started = Instant::now();
+                    self.progress(DeployStage::Cutover, Some(&host), ProgressState::Started);
                     let mut finish = app::tag_latest_image(&self.config, version);
                     let mut stopped = Vec::new();
                     for boot in booted.iter().filter(|boot| boot.host == host && !boot.stop_ids.is_empty()) {
@@ -125,7 +127,10 @@ impl Engine {
                     if self.config.error_pages_path.is_some() {
                         finish = finish.and(app::clean_up_error_pages(&self.config, version));
                     }
-                    self.remote().run(&host, &finish).await?;
+                    let finished = self.remote().run(&host, &finish).await;
+                    let state = if finished.is_ok() { ProgressState::Succeeded } else { ProgressState::Failed };
+                    self.progress(DeployStage::Cutover, Some(&host), state);
+                    finished?;
                     let what = if stopped.is_empty() {
                         "Tagged latest".to_string()
                     } else {
@@ -138,7 +143,13 @@ impl Engine {
                             stopped_ids.extend(boot.stop_ids.iter().cloned());
                         }
                         let after = inventories.get(&host).cloned().unwrap_or_default().after_stopping(&stopped_ids);
-                        self.prune_after_deploy(&host, &after, version).await?;
+                        self.progress(DeployStage::Prune, Some(&host), ProgressState::Started);
+                        let pruned = self.prune_after_deploy(&host, &after, version).await;
+                        let state = if pruned.is_ok() { ProgressState::Succeeded } else { ProgressState::Failed };
+                        self.progress(DeployStage::Prune, Some(&host), state);
+                        pruned?;
+                    } else {
+                        self.progress(DeployStage::Prune, Some(&host), ProgressState::Skipped);
                     }
                     Ok(())
                 }
@@ -249,6 +260,11 @@ impl Engine {
         let remote = self.remote();
         let name = names::container_name(config, &role.name, version);
         let started = Instant::now();
+        self.progress(DeployStage::Boot, Some(host), ProgressState::Started);
+        let boot_failed = |err: EngineError| {
+            self.progress(DeployStage::Boot, Some(host), ProgressState::Failed);
+            (None, err)
+        };
 
         let prefix = names::container_prefix(config, &role.name);
         let previous = inventory.running_version(&role.name, &prefix);
@@ -273,12 +289,12 @@ impl Engine {
                 version,
                 previous_version.as_deref(),
             ));
-            remote.run(host, &bridge).await.map_err(|err| (None, err))?;
+            remote.run(host, &bridge).await.map_err(boot_failed)?;
         }
 
         let message = format!("Booted app version {version}");
         let audit = commands::auditor::record(config, &super::now_iso8601(), &self.performer, &[&role.name], &message);
-        let output = remote.run(host, &audit.and(run)).await.map_err(|err| (None, err))?;
+        let output = remote.run(host, &audit.and(run)).await.map_err(boot_failed)?;
         let container_id = output.stdout.lines().last().map(short_id).unwrap_or_default();
         let mut boot = Booted {
             host: host.to_string(),
@@ -291,6 +307,9 @@ impl Engine {
             switched: false,
         };
         remote.report(host, &format!("Started {name}"), started, true);
+        self.progress(DeployStage::Boot, Some(host), ProgressState::Succeeded);
+        // The health-gated switch: the proxy routes to the new container once it passed its health check.
+        self.progress(DeployStage::Healthcheck, Some(host), ProgressState::Started);
 
         let ready = if boot.proxied {
             let started = Instant::now();
@@ -300,6 +319,8 @@ impl Engine {
         } else {
             self.wait_until_ready(host, role, version).await
         };
+        let state = if ready.is_ok() { ProgressState::Succeeded } else { ProgressState::Failed };
+        self.progress(DeployStage::Healthcheck, Some(host), state);
         match ready {
             Ok(()) => {
                 boot.switched = boot.proxied;

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use super::app::BootOptions;
-use super::output::Event;
+use super::output::{DeployStage, Event, ProgressState};
 use super::remote::on_hosts;
 use super::{Engine, EngineError};
 use crate::command::Cmd;
@@ -93,8 +93,18 @@ impl Engine {
     /// `build deliver` (push then pull), or only `build pull` with `-P`.
     pub async fn deliver(&self, options: DeployOptions) -> Result<(), EngineError> {
         // Nothing has changed on a host yet: Ctrl-C abandons the build or pull at once.
-        if !options.skip_push {
-            self.unless_cancelled(self.build_push(options)).await?;
+        if options.skip_push {
+            self.progress(DeployStage::Build, None, ProgressState::Skipped);
+            self.progress(DeployStage::Push, None, ProgressState::Skipped);
+        } else {
+            // Built and pushed by one command (buildx --push, or the builder's build and push): one span.
+            self.progress(DeployStage::Build, None, ProgressState::Started);
+            self.progress(DeployStage::Push, None, ProgressState::Started);
+            let built = self.unless_cancelled(self.build_push(options)).await;
+            let state = if built.is_ok() { ProgressState::Succeeded } else { ProgressState::Failed };
+            self.progress(DeployStage::Build, None, state);
+            self.progress(DeployStage::Push, None, state);
+            built?;
         }
         self.unless_cancelled(self.pull_image()).await
     }
@@ -103,7 +113,16 @@ impl Engine {
     /// (local registry mode: send it from the local engine instead).
     pub async fn pull_image(&self) -> Result<(), EngineError> {
         if self.config.registry.is_local() {
-            return self.send_image_to_hosts().await;
+            let hosts = self.selection.app_hosts(&self.config);
+            for host in &hosts {
+                self.progress(DeployStage::Pull, Some(host), ProgressState::Started);
+            }
+            let sent = self.send_image_to_hosts().await;
+            let state = if sent.is_ok() { ProgressState::Succeeded } else { ProgressState::Failed };
+            for host in &hosts {
+                self.progress(DeployStage::Pull, Some(host), state);
+            }
+            return sent;
         }
         let hosts = self.selection.app_hosts(&self.config);
         let image = names::image(&self.config, &self.config.version);
@@ -114,6 +133,7 @@ impl Engine {
                 let image = image.clone();
                 async move {
                     let started = Instant::now();
+                    self.progress(DeployStage::Pull, Some(&host), ProgressState::Started);
                     let message = format!("Pulled image with version {}", self.config.version);
                     let audit =
                         commands::auditor::record(&self.config, &super::now_iso8601(), &self.performer, &[], &message);
@@ -121,7 +141,10 @@ impl Engine {
                     if let Some(login) = login {
                         pull = login.and(pull);
                     }
-                    self.remote().run(&host, &pull).await?;
+                    let pulled = self.remote().run(&host, &pull).await;
+                    let state = if pulled.is_ok() { ProgressState::Succeeded } else { ProgressState::Failed };
+                    self.progress(DeployStage::Pull, Some(&host), state);
+                    pulled?;
                     self.remote().report(&host, &format!("Pulled {image}"), started, true);
                     Ok(())
                 }

@@ -43,11 +43,63 @@ pub enum Event {
         text: String,
         always: bool,
     },
+    /// Where a deploy is, for the daemon's stage timeline (the console shows steps and stages instead).
+    Progress {
+        stage: DeployStage,
+        /// The host, or None for a deploy-wide stage (build, push).
+        host: Option<String>,
+        state: ProgressState,
+    },
     /// What the user asked to see (versions, details, logs, exec output): printed as is, even with -q.
     Output(String),
     /// Something the user should read.
     Info(String),
     Warning(String),
+}
+
+/// The stages of a deploy, in order, as the daemon's API names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DeployStage {
+    Build,
+    Push,
+    Pull,
+    Boot,
+    Healthcheck,
+    Cutover,
+    Prune,
+}
+
+impl DeployStage {
+    pub const ALL: [DeployStage; 7] = [
+        DeployStage::Build,
+        DeployStage::Push,
+        DeployStage::Pull,
+        DeployStage::Boot,
+        DeployStage::Healthcheck,
+        DeployStage::Cutover,
+        DeployStage::Prune,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DeployStage::Build => "build",
+            DeployStage::Push => "push",
+            DeployStage::Pull => "pull",
+            DeployStage::Boot => "boot",
+            DeployStage::Healthcheck => "healthcheck",
+            DeployStage::Cutover => "cutover",
+            DeployStage::Prune => "prune",
+        }
+    }
+}
+
+/// How a deploy stage went, on one host or as a whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgressState {
+    Started,
+    Succeeded,
+    Failed,
+    Skipped,
 }
 
 /// Where events go. Implementations must be cheap and never block for long: hosts run in parallel.

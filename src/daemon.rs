@@ -1,0 +1,123 @@
+//! `berth serve`: the deploy daemon. An HTTP API ([`api`]) takes deploy requests, a durable queue in SQLite
+//! ([`store`], [`queue`]) runs them one per service and destination with the engine over SSH ([`runner`]),
+//! and every log line is stored and streamed live ([`logs`]).
+//!
+//! Layers look down only: the API calls the queue and the store; the queue runs [`queue::Runner`]s; the
+//! runner drives the engine; SQL lives in [`store`] alone; nothing here prints (the `serve` command does).
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod logs;
+pub mod model;
+pub mod queue;
+pub mod runner;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+
+use config::DaemonConfig;
+use logs::LogHub;
+use queue::{Queue, Runner};
+use store::{Store, StoreError};
+
+use crate::environment::Environment;
+
+/// Why the daemon could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] config::DaemonConfigError),
+    #[error("creating the data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("listening on {address}: {source} (set `listen:` in berth.yml to a free address)")]
+    Listen { address: SocketAddr, source: std::io::Error },
+    #[error("serving HTTP: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A started daemon: its address, and how to stop it.
+pub struct Daemon {
+    pub address: SocketAddr,
+    pub state: api::AppState,
+    server: tokio::task::JoinHandle<Result<(), std::io::Error>>,
+    dispatcher: tokio::task::JoinHandle<()>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    /// What happened at start that the operator should know (deploys found interrupted).
+    pub notices: Vec<String>,
+}
+
+impl Daemon {
+    /// Opens the store (running migrations), marks deploys a previous run left `running` as `interrupted`,
+    /// binds `listener` and starts serving and running the queue.
+    pub async fn start(
+        config: DaemonConfig,
+        listener: TcpListener,
+        runner: Arc<dyn Runner>,
+    ) -> Result<Daemon, DaemonError> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|source| DaemonError::DataDir { path: config.data_dir.display().to_string(), source })?;
+        let store = Store::open(&config.database_path()).await?;
+        let interrupted = store
+            .interrupt_running(
+                "the daemon stopped while this deploy ran (crash or kill); hosts kept serving what they ran, and \
+                 the deploy lock it held is cleared by the next deploy",
+            )
+            .await?;
+        let notices = interrupted
+            .iter()
+            .map(|deploy| format!("deploy {} of {} was interrupted by the daemon's stop", deploy.id, deploy.service))
+            .collect();
+        let config = Arc::new(config);
+        let hub = Arc::new(LogHub::default());
+        let queue = Queue::new(store.clone(), Arc::clone(&hub), Arc::clone(&config), runner);
+        let state = api::AppState { store, queue: Arc::clone(&queue), hub, config, started: Instant::now() };
+        let address = listener.local_addr().map_err(DaemonError::Serve)?;
+        let (shutdown, mut stopping) = tokio::sync::watch::channel(false);
+        let app = api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopping.wait_for(|stop| *stop).await;
+                })
+                .await
+        });
+        let dispatcher = tokio::spawn(Arc::clone(&queue).dispatch());
+        Ok(Daemon { address, state, server, dispatcher, shutdown, notices })
+    }
+
+    /// Stops taking requests and work; running deploys are stopped and rolled back (`interrupted`), within
+    /// `grace`.
+    pub async fn stop(self, grace: Duration) {
+        self.state.queue.stop(grace).await;
+        self.dispatcher.abort();
+        let _ = self.shutdown.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
+        self.state.store.close().await;
+    }
+}
+
+/// Loads the configuration named (or `berth.yml` in `env`'s directory, or `BERTH_CONFIG`); without a file
+/// there, a daemon with no services.
+pub fn load_config(file: Option<&std::path::Path>, env: &Environment) -> Result<DaemonConfig, DaemonError> {
+    let named =
+        file.map(|file| env.cwd().join(file)).or_else(|| env.get("BERTH_CONFIG").map(|file| env.cwd().join(file)));
+    match named {
+        Some(path) => Ok(DaemonConfig::load(&path)?),
+        None => {
+            let default = env.cwd().join(config::DEFAULT_FILE);
+            if default.exists() { Ok(DaemonConfig::load(&default)?) } else { Ok(DaemonConfig::empty(env.cwd())) }
+        }
+    }
+}
+
+/// The runner the daemon uses: the engine, over SSH.
+pub fn engine_runner(config: &DaemonConfig, env: &Environment) -> Arc<dyn Runner> {
+    Arc::new(runner::EngineRunner::new(Arc::new(config.services.clone()), config.data_dir.clone(), env.clone()))
+}

@@ -1,0 +1,802 @@
+//! The daemon's store: every SQL statement the daemon runs, behind one type, [`Store`]. SQLite in WAL mode
+//! (the embedded default); a later store for several daemons implements the same methods on PostgreSQL.
+//!
+//! Writes go through one connection (SQLite has one writer; queueing them here avoids `SQLITE_BUSY`), reads
+//! through a pool of read-only connections, so status reads never wait behind log writes.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use super::config::QueuePolicy;
+use super::model::{AuditEntry, Deploy, DeployState, HostTiming, Scope, Stage, StageState, TokenInfo, stage_names};
+
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// What went wrong in the store, with what it was doing.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the database could not {action}: {source}")]
+    Sql { action: &'static str, source: sqlx::Error },
+    #[error("the database could not be migrated: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+fn sql(action: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Sql { action, source }
+}
+
+/// A deploy request to record.
+#[derive(Clone, Debug, Default)]
+pub struct NewDeploy {
+    pub service: String,
+    pub destination: Option<String>,
+    /// `deploy` or `rollback`.
+    pub kind: String,
+    pub version: Option<String>,
+    pub git_ref: Option<String>,
+    pub reason: Option<String>,
+    pub requested_by: Option<String>,
+    pub idempotency_key: Option<String>,
+}
+
+/// Which deploys to list.
+#[derive(Clone, Debug, Default)]
+pub struct DeployFilter {
+    pub service: Option<String>,
+    pub state: Option<DeployState>,
+    /// Only deploys with a smaller id (the cursor of the previous page).
+    pub before: Option<i64>,
+    pub limit: i64,
+}
+
+/// A token as stored (its hash only).
+#[derive(Clone, Debug)]
+pub struct TokenRecord {
+    pub info: TokenInfo,
+}
+
+/// One audit entry to record.
+#[derive(Clone, Debug)]
+pub struct NewAudit<'a> {
+    pub token_id: Option<i64>,
+    pub actor: &'a str,
+    pub action: &'a str,
+    pub target: Option<&'a str>,
+    pub status: u16,
+    pub remote_addr: Option<&'a str>,
+}
+
+/// How a stage changed (from the engine's progress), on one host or as a whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StageChange {
+    Started,
+    Succeeded,
+    Failed,
+    Skipped,
+}
+
+/// The daemon's SQLite database.
+#[derive(Clone)]
+pub struct Store {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`, in WAL mode, and runs the migrations.
+    pub async fn open(path: &Path) -> Result<Store, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(sql("be opened"))?;
+        MIGRATIONS.run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options.read_only(true))
+            .await
+            .map_err(sql("be opened for reading"))?;
+        Ok(Store { writer, reader })
+    }
+
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+
+    // -----------------------------------------------------------------------------------------------------
+    // Deploy requests
+
+    /// Records a deploy request, queued. With an idempotency key already used, returns that deploy instead
+    /// (and false). With `queue: latest`, the service's other queued deploys become `superseded` — except
+    /// the one that runs next when none of the service runs now (it is as good as started).
+    pub async fn insert_deploy(&self, new: &NewDeploy, policy: QueuePolicy) -> Result<(Deploy, bool), StoreError> {
+        let now = now();
+        let mut tx = self.writer.begin().await.map_err(sql("start a transaction"))?;
+        if let Some(key) = &new.idempotency_key {
+            let existing: Option<i64> = sqlx::query_scalar("SELECT id FROM deploys WHERE idempotency_key = ?")
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(sql("look up the idempotency key"))?;
+            if let Some(id) = existing {
+                tx.rollback().await.map_err(sql("end a transaction"))?;
+                let deploy = self.deploy(id).await?.expect("a deploy found by its key exists");
+                return Ok((deploy, false));
+            }
+        }
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO deploys (service, destination, kind, version, git_ref, reason, state, requested_by, \
+             idempotency_key, created_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?) RETURNING id",
+        )
+        .bind(&new.service)
+        .bind(&new.destination)
+        .bind(&new.kind)
+        .bind(&new.version)
+        .bind(&new.git_ref)
+        .bind(&new.reason)
+        .bind(&new.requested_by)
+        .bind(&new.idempotency_key)
+        .bind(&now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(sql("record the deploy"))?;
+        if policy == QueuePolicy::Latest {
+            sqlx::query(
+                "UPDATE deploys SET state = 'superseded', ended_at = ?1, error = ?2 \
+                 WHERE service = ?3 AND destination IS ?4 AND state = 'queued' AND id <> ?5 \
+                 AND (EXISTS (SELECT 1 FROM deploys r WHERE r.service = ?3 AND r.destination IS ?4 \
+                              AND r.state = 'running') \
+                      OR id <> (SELECT MIN(q.id) FROM deploys q WHERE q.service = ?3 AND q.destination IS ?4 \
+                                AND q.state = 'queued'))",
+            )
+            .bind(&now)
+            .bind(format!("superseded by deploy {id}"))
+            .bind(&new.service)
+            .bind(&new.destination)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(sql("supersede queued deploys"))?;
+        }
+        tx.commit().await.map_err(sql("commit the deploy"))?;
+        let deploy = Deploy {
+            id,
+            service: new.service.clone(),
+            destination: new.destination.clone(),
+            kind: new.kind.clone(),
+            version: new.version.clone(),
+            git_ref: new.git_ref.clone(),
+            commit: None,
+            state: DeployState::Queued,
+            stage: None,
+            reason: new.reason.clone(),
+            requested_by: new.requested_by.clone(),
+            created_at: now,
+            started_at: None,
+            ended_at: None,
+            error: None,
+            stages: pending_stages(),
+        };
+        Ok((deploy, true))
+    }
+
+    /// A deploy with its stage timeline, or None.
+    pub async fn deploy(&self, id: i64) -> Result<Option<Deploy>, StoreError> {
+        let row = sqlx::query(audited(format!("SELECT {DEPLOY_COLUMNS} FROM deploys WHERE id = ?")))
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(sql("read a deploy"))?;
+        let Some(row) = row else { return Ok(None) };
+        let mut deploy = deploy_from_row(&row);
+        let stages = sqlx::query("SELECT name, state, started_at, ended_at FROM deploy_stages WHERE deploy_id = ?")
+            .bind(id)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(sql("read a deploy's stages"))?;
+        let hosts = sqlx::query(
+            "SELECT stage, host, state, started_at, ended_at FROM deploy_stage_hosts WHERE deploy_id = ? \
+             ORDER BY stage, host",
+        )
+        .bind(id)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(sql("read a deploy's hosts"))?;
+        deploy.stages = pending_stages();
+        for row in stages {
+            let name: String = row.get("name");
+            if let Some(stage) = deploy.stages.iter_mut().find(|stage| stage.name == name) {
+                stage.state = StageState::parse(row.get::<&str, _>("state"));
+                stage.started_at = row.get("started_at");
+                stage.ended_at = row.get("ended_at");
+            }
+        }
+        for row in hosts {
+            let name: String = row.get("stage");
+            if let Some(stage) = deploy.stages.iter_mut().find(|stage| stage.name == name) {
+                stage.hosts.push(HostTiming {
+                    host: row.get("host"),
+                    state: StageState::parse(row.get::<&str, _>("state")),
+                    started_at: row.get("started_at"),
+                    ended_at: row.get("ended_at"),
+                });
+            }
+        }
+        if deploy.state.is_final() {
+            // Stages a finished deploy never reached did not happen.
+            for stage in &mut deploy.stages {
+                if stage.state == StageState::Pending {
+                    stage.state = StageState::Skipped;
+                }
+            }
+        }
+        Ok(Some(deploy))
+    }
+
+    /// Deploys, newest first (without their stages).
+    pub async fn list_deploys(&self, filter: &DeployFilter) -> Result<Vec<Deploy>, StoreError> {
+        let rows = sqlx::query(audited(format!(
+            "SELECT {DEPLOY_COLUMNS} FROM deploys WHERE (?1 IS NULL OR service = ?1) AND (?2 IS NULL OR state = ?2) \
+             AND (?3 IS NULL OR id < ?3) ORDER BY id DESC LIMIT ?4"
+        )))
+        .bind(&filter.service)
+        .bind(filter.state.map(DeployState::name))
+        .bind(filter.before)
+        .bind(filter.limit)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(sql("list deploys"))?;
+        Ok(rows.iter().map(deploy_from_row).collect())
+    }
+
+    /// The most recent deploy of a service (any destination), for its summary.
+    pub async fn last_deploy(&self, service: &str) -> Result<Option<Deploy>, StoreError> {
+        let filter = DeployFilter { service: Some(service.to_string()), limit: 1, ..DeployFilter::default() };
+        Ok(self.list_deploys(&filter).await?.into_iter().next())
+    }
+
+    // -----------------------------------------------------------------------------------------------------
+    // The queue (only the queue and the runner change states)
+
+    /// Queued deploys whose service and destination have no deploy running, oldest first.
+    pub async fn runnable(&self, limit: i64) -> Result<Vec<Deploy>, StoreError> {
+        let rows = sqlx::query(audited(format!(
+            "SELECT {DEPLOY_COLUMNS} FROM deploys d WHERE state = 'queued' AND NOT EXISTS (\
+             SELECT 1 FROM deploys r WHERE r.state = 'running' AND r.service = d.service \
+             AND r.destination IS d.destination) ORDER BY id LIMIT ?"
+        )))
+        .bind(limit)
+        .fetch_all(&self.writer)
+        .await
+        .map_err(sql("find runnable deploys"))?;
+        Ok(rows.iter().map(deploy_from_row).collect())
+    }
+
+    /// Makes a queued deploy `running`; false when it is no longer queued (cancelled or superseded meanwhile).
+    pub async fn claim(&self, id: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE deploys SET state = 'running', started_at = ? WHERE id = ? AND state = 'queued' \
+             AND cancel_requested = 0",
+        )
+        .bind(now())
+        .bind(id)
+        .execute(&self.writer)
+        .await
+        .map_err(sql("claim a deploy"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn running_count(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM deploys WHERE state = 'running'")
+            .fetch_one(&self.reader)
+            .await
+            .map_err(sql("count running deploys"))
+    }
+
+    /// Records what the runner resolved: the version deployed and the commit it came from.
+    pub async fn set_resolved(&self, id: i64, version: &str, commit: Option<&str>) -> Result<(), StoreError> {
+        sqlx::query("UPDATE deploys SET version = ?, git_commit = COALESCE(?, git_commit) WHERE id = ?")
+            .bind(version)
+            .bind(commit)
+            .bind(id)
+            .execute(&self.writer)
+            .await
+            .map_err(sql("record the deploy's version"))?;
+        Ok(())
+    }
+
+    /// Ends a running deploy. Stages still running end `failed` (unless it succeeded).
+    pub async fn finish(&self, id: i64, state: DeployState, error: Option<&str>) -> Result<(), StoreError> {
+        let now = now();
+        let mut tx = self.writer.begin().await.map_err(sql("start a transaction"))?;
+        sqlx::query("UPDATE deploys SET state = ?, error = ?, ended_at = ? WHERE id = ? AND state = 'running'")
+            .bind(state.name())
+            .bind(error)
+            .bind(&now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(sql("end a deploy"))?;
+        if state != DeployState::Succeeded {
+            for table in ["deploy_stages", "deploy_stage_hosts"] {
+                sqlx::query(audited(format!(
+                    "UPDATE {table} SET state = 'failed', ended_at = ? WHERE deploy_id = ? AND state = 'running'"
+                )))
+                .bind(&now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(sql("end a deploy's stages"))?;
+            }
+        }
+        tx.commit().await.map_err(sql("commit the deploy's end"))?;
+        Ok(())
+    }
+
+    /// Records a stage change of a running deploy, on one host or as a whole.
+    pub async fn stage_changed(
+        &self,
+        id: i64,
+        stage: &str,
+        host: Option<&str>,
+        change: StageChange,
+    ) -> Result<(), StoreError> {
+        let now = now();
+        let position = stage_names().position(|name| name == stage).unwrap_or(99) as i64;
+        let mut tx = self.writer.begin().await.map_err(sql("start a transaction"))?;
+        let state = match change {
+            StageChange::Started => "running",
+            StageChange::Succeeded => "succeeded",
+            StageChange::Failed => "failed",
+            StageChange::Skipped => "skipped",
+        };
+        let started = (change == StageChange::Started).then_some(now.as_str());
+        let ended = matches!(change, StageChange::Succeeded | StageChange::Failed).then_some(now.as_str());
+        match host {
+            Some(host) => {
+                sqlx::query(
+                    "INSERT INTO deploy_stage_hosts (deploy_id, stage, host, state, started_at, ended_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (deploy_id, stage, host) DO UPDATE SET \
+                     state = CASE WHEN state = 'failed' THEN state ELSE ?4 END, \
+                     started_at = COALESCE(started_at, ?5), ended_at = COALESCE(?6, ended_at)",
+                )
+                .bind(id)
+                .bind(stage)
+                .bind(host)
+                .bind(state)
+                .bind(started.or(ended))
+                .bind(ended)
+                .execute(&mut *tx)
+                .await
+                .map_err(sql("record a host's stage"))?;
+                // The stage as a whole: running while any host runs it, failed if any failed, else succeeded.
+                sqlx::query(
+                    "INSERT INTO deploy_stages (deploy_id, name, position, state, started_at, ended_at) \
+                     SELECT ?1, ?2, ?3, \
+                       CASE WHEN SUM(state = 'running') > 0 THEN 'running' \
+                            WHEN SUM(state = 'failed') > 0 THEN 'failed' \
+                            WHEN SUM(state = 'succeeded') > 0 THEN 'succeeded' ELSE 'skipped' END, \
+                       MIN(started_at), CASE WHEN SUM(state = 'running') > 0 THEN NULL ELSE MAX(ended_at) END \
+                     FROM deploy_stage_hosts WHERE deploy_id = ?1 AND stage = ?2 \
+                     ON CONFLICT (deploy_id, name) DO UPDATE SET state = excluded.state, \
+                     started_at = excluded.started_at, ended_at = excluded.ended_at",
+                )
+                .bind(id)
+                .bind(stage)
+                .bind(position)
+                .execute(&mut *tx)
+                .await
+                .map_err(sql("record a stage"))?;
+            }
+            None => {
+                sqlx::query(
+                    "INSERT INTO deploy_stages (deploy_id, name, position, state, started_at, ended_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (deploy_id, name) DO UPDATE SET state = ?4, \
+                     started_at = COALESCE(started_at, ?5), ended_at = COALESCE(?6, ended_at)",
+                )
+                .bind(id)
+                .bind(stage)
+                .bind(position)
+                .bind(state)
+                .bind(started.or(ended))
+                .bind(ended)
+                .execute(&mut *tx)
+                .await
+                .map_err(sql("record a stage"))?;
+            }
+        }
+        if change == StageChange::Started {
+            sqlx::query("UPDATE deploys SET stage = ? WHERE id = ?")
+                .bind(stage)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(sql("record the current stage"))?;
+        }
+        tx.commit().await.map_err(sql("commit a stage change"))?;
+        Ok(())
+    }
+
+    /// Cancels a queued deploy at once; false when it was not queued.
+    pub async fn cancel_queued(&self, id: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE deploys SET state = 'cancelled', cancel_requested = 1, ended_at = ?, \
+             error = 'cancelled before it started' WHERE id = ? AND state = 'queued'",
+        )
+        .bind(now())
+        .bind(id)
+        .execute(&self.writer)
+        .await
+        .map_err(sql("cancel a deploy"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records that a running deploy was asked to stop.
+    pub async fn request_cancel(&self, id: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE deploys SET cancel_requested = 1 WHERE id = ? AND state = 'running'")
+            .bind(id)
+            .execute(&self.writer)
+            .await
+            .map_err(sql("record a cancel request"))?;
+        Ok(())
+    }
+
+    /// At start: deploys left `running` by a daemon that stopped become `interrupted`. Returns them.
+    pub async fn interrupt_running(&self, error: &str) -> Result<Vec<Deploy>, StoreError> {
+        let rows = sqlx::query(audited(format!(
+            "UPDATE deploys SET state = 'interrupted', ended_at = ?, error = ? WHERE state = 'running' \
+             RETURNING {DEPLOY_COLUMNS}"
+        )))
+        .bind(now())
+        .bind(error)
+        .fetch_all(&self.writer)
+        .await
+        .map_err(sql("mark interrupted deploys"))?;
+        let now = now();
+        for table in ["deploy_stages", "deploy_stage_hosts"] {
+            sqlx::query(audited(format!("UPDATE {table} SET state = 'failed', ended_at = ? WHERE state = 'running'")))
+                .bind(&now)
+                .execute(&self.writer)
+                .await
+                .map_err(sql("end interrupted stages"))?;
+        }
+        Ok(rows.iter().map(deploy_from_row).collect())
+    }
+
+    // -----------------------------------------------------------------------------------------------------
+    // Log lines
+
+    /// Stores log lines (already redacted) with their sequence numbers, in one transaction.
+    pub async fn append_lines(&self, id: i64, lines: &[(i64, String)]) -> Result<(), StoreError> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let now = now();
+        let mut tx = self.writer.begin().await.map_err(sql("start a transaction"))?;
+        for (seq, line) in lines {
+            sqlx::query("INSERT INTO deploy_log_lines (deploy_id, seq, at, line) VALUES (?, ?, ?, ?)")
+                .bind(id)
+                .bind(seq)
+                .bind(&now)
+                .bind(line)
+                .execute(&mut *tx)
+                .await
+                .map_err(sql("store log lines"))?;
+        }
+        tx.commit().await.map_err(sql("commit log lines"))?;
+        Ok(())
+    }
+
+    /// Log lines after sequence number `after`, in order, at most `limit`.
+    pub async fn lines_after(&self, id: i64, after: i64, limit: i64) -> Result<Vec<(i64, String)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT seq, line FROM deploy_log_lines WHERE deploy_id = ? AND seq > ? ORDER BY seq LIMIT ?")
+                .bind(id)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.reader)
+                .await
+                .map_err(sql("read log lines"))?;
+        Ok(rows.iter().map(|row| (row.get("seq"), row.get("line"))).collect())
+    }
+
+    /// Deletes the log lines of deploys that ended before `cutoff` (RFC 3339); returns how many.
+    pub async fn prune_logs(&self, cutoff: &str) -> Result<u64, StoreError> {
+        let done =
+            sqlx::query("DELETE FROM deploy_log_lines WHERE deploy_id IN (SELECT id FROM deploys WHERE ended_at < ?)")
+                .bind(cutoff)
+                .execute(&self.writer)
+                .await
+                .map_err(sql("delete old log lines"))?;
+        Ok(done.rows_affected())
+    }
+
+    // -----------------------------------------------------------------------------------------------------
+    // Tokens and audit
+
+    pub async fn insert_token(
+        &self,
+        name: &str,
+        hash: &str,
+        scope: Scope,
+        service: Option<&str>,
+    ) -> Result<i64, StoreError> {
+        sqlx::query_scalar(
+            "INSERT INTO api_tokens (name, token_hash, scope, service, created_at) VALUES (?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(name)
+        .bind(hash)
+        .bind(scope.name())
+        .bind(service)
+        .bind(now())
+        .fetch_one(&self.writer)
+        .await
+        .map_err(sql("store a token"))
+    }
+
+    /// The token with this hash, unless revoked.
+    pub async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenInfo>, StoreError> {
+        let row = sqlx::query(audited(format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = ? AND revoked_at IS NULL"
+        )))
+        .bind(hash)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(sql("look up a token"))?;
+        Ok(row.as_ref().map(token_from_row))
+    }
+
+    pub async fn list_tokens(&self) -> Result<Vec<TokenInfo>, StoreError> {
+        let rows = sqlx::query(audited(format!("SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY id")))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(sql("list tokens"))?;
+        Ok(rows.iter().map(token_from_row).collect())
+    }
+
+    /// Revokes a token; false when there is no such token (or it was revoked already).
+    pub async fn revoke_token(&self, id: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+            .bind(now())
+            .bind(id)
+            .execute(&self.writer)
+            .await
+            .map_err(sql("revoke a token"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn audit(&self, entry: &NewAudit<'_>) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_log (at, token_id, actor, action, target, status, remote_addr) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(now())
+        .bind(entry.token_id)
+        .bind(entry.actor)
+        .bind(entry.action)
+        .bind(entry.target)
+        .bind(entry.status as i64)
+        .bind(entry.remote_addr)
+        .execute(&self.writer)
+        .await
+        .map_err(sql("record an audit entry"))?;
+        Ok(())
+    }
+
+    /// Audit entries, newest first.
+    pub async fn list_audit(&self, before: Option<i64>, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, at, actor, action, target, status, remote_addr FROM audit_log \
+             WHERE (?1 IS NULL OR id < ?1) ORDER BY id DESC LIMIT ?2",
+        )
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(sql("read the audit log"))?;
+        Ok(rows
+            .iter()
+            .map(|row| AuditEntry {
+                id: row.get("id"),
+                at: row.get("at"),
+                actor: row.get("actor"),
+                action: row.get("action"),
+                target: row.get("target"),
+                status: row.get::<i64, _>("status") as u16,
+                remote_addr: row.get("remote_addr"),
+            })
+            .collect())
+    }
+
+    // -----------------------------------------------------------------------------------------------------
+    // Metrics
+
+    /// How many deploys are in each state.
+    pub async fn deploys_by_state(&self) -> Result<Vec<(DeployState, i64)>, StoreError> {
+        let rows = sqlx::query("SELECT state, COUNT(*) AS count FROM deploys GROUP BY state")
+            .fetch_all(&self.reader)
+            .await
+            .map_err(sql("count deploys"))?;
+        Ok(rows.iter().filter_map(|row| Some((DeployState::parse(row.get("state"))?, row.get("count")))).collect())
+    }
+
+    /// Per stage: how many ended, and their total duration in seconds.
+    pub async fn stage_durations(&self) -> Result<Vec<(String, i64, f64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT name, COUNT(*) AS count, \
+             SUM((julianday(ended_at) - julianday(started_at)) * 86400.0) AS seconds \
+             FROM deploy_stages WHERE started_at IS NOT NULL AND ended_at IS NOT NULL GROUP BY name",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(sql("sum stage durations"))?;
+        Ok(rows
+            .iter()
+            .map(|row| (row.get("name"), row.get("count"), row.get::<Option<f64>, _>("seconds").unwrap_or(0.0)))
+            .collect())
+    }
+}
+
+const DEPLOY_COLUMNS: &str = "id, service, destination, kind, version, git_ref, git_commit, state, stage, reason, \
+                              requested_by, created_at, started_at, ended_at, error";
+
+fn deploy_from_row(row: &SqliteRow) -> Deploy {
+    Deploy {
+        id: row.get("id"),
+        service: row.get("service"),
+        destination: row.get("destination"),
+        kind: row.get("kind"),
+        version: row.get("version"),
+        git_ref: row.get("git_ref"),
+        commit: row.get("git_commit"),
+        state: DeployState::parse(row.get("state")).unwrap_or(DeployState::Failed),
+        stage: row.get("stage"),
+        reason: row.get("reason"),
+        requested_by: row.get("requested_by"),
+        created_at: row.get("created_at"),
+        started_at: row.get("started_at"),
+        ended_at: row.get("ended_at"),
+        error: row.get("error"),
+        stages: Vec::new(),
+    }
+}
+
+const TOKEN_COLUMNS: &str = "id, name, scope, service, created_at, revoked_at, last_used_at";
+
+fn token_from_row(row: &SqliteRow) -> TokenInfo {
+    TokenInfo {
+        id: row.get("id"),
+        name: row.get("name"),
+        scope: Scope::parse(row.get("scope")).unwrap_or(Scope::Read),
+        service: row.get("service"),
+        created_at: row.get("created_at"),
+        revoked_at: row.get("revoked_at"),
+        last_used_at: row.get("last_used_at"),
+    }
+}
+
+fn pending_stages() -> Vec<Stage> {
+    stage_names()
+        .map(|name| Stage {
+            name: name.to_string(),
+            state: StageState::Pending,
+            started_at: None,
+            ended_at: None,
+            hosts: Vec::new(),
+        })
+        .collect()
+}
+
+/// SQL put together from this module's own constants (column lists, table names), never from input.
+fn audited(sql: String) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(sql)
+}
+
+/// Now, RFC 3339 UTC with milliseconds (sorts as text).
+pub fn now() -> String {
+    crate::utc::now_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> (Store, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("berth.sqlite")).await.unwrap();
+        (store, dir)
+    }
+
+    fn request(service: &str) -> NewDeploy {
+        NewDeploy { service: service.into(), kind: "deploy".into(), ..NewDeploy::default() }
+    }
+
+    #[tokio::test]
+    async fn latest_supersedes_queued_and_fifo_keeps_them() {
+        let (store, _dir) = store().await;
+        let (first, _) = store.insert_deploy(&request("app"), QueuePolicy::Latest).await.unwrap();
+        assert!(store.claim(first.id).await.unwrap());
+        let (second, _) = store.insert_deploy(&request("app"), QueuePolicy::Latest).await.unwrap();
+        let (third, _) = store.insert_deploy(&request("app"), QueuePolicy::Latest).await.unwrap();
+        assert_eq!(store.deploy(second.id).await.unwrap().unwrap().state, DeployState::Superseded);
+        assert_eq!(store.deploy(third.id).await.unwrap().unwrap().state, DeployState::Queued);
+        assert!(store.runnable(10).await.unwrap().is_empty(), "app is running: nothing else of it runs");
+        let (other, _) = store.insert_deploy(&request("web"), QueuePolicy::Fifo).await.unwrap();
+        let (other2, _) = store.insert_deploy(&request("web"), QueuePolicy::Fifo).await.unwrap();
+        let runnable: Vec<i64> = store.runnable(10).await.unwrap().iter().map(|d| d.id).collect();
+        assert_eq!(runnable, [other.id, other2.id], "fifo keeps both, oldest first");
+        store.finish(first.id, DeployState::Succeeded, None).await.unwrap();
+        let runnable: Vec<i64> = store.runnable(10).await.unwrap().iter().map(|d| d.id).collect();
+        assert_eq!(runnable, [third.id, other.id, other2.id]);
+    }
+
+    #[tokio::test]
+    async fn idempotency_keys_give_back_the_first_deploy() {
+        let (store, _dir) = store().await;
+        let keyed = NewDeploy { idempotency_key: Some("k1".into()), ..request("app") };
+        let (first, created) = store.insert_deploy(&keyed, QueuePolicy::Fifo).await.unwrap();
+        assert!(created);
+        let (again, created) = store.insert_deploy(&keyed, QueuePolicy::Fifo).await.unwrap();
+        assert!(!created);
+        assert_eq!(again.id, first.id);
+        assert_eq!(store.list_deploys(&DeployFilter { limit: 10, ..Default::default() }).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn stages_per_host_roll_up() {
+        let (store, _dir) = store().await;
+        let (deploy, _) = store.insert_deploy(&request("app"), QueuePolicy::Latest).await.unwrap();
+        store.claim(deploy.id).await.unwrap();
+        store.stage_changed(deploy.id, "build", None, StageChange::Skipped).await.unwrap();
+        for host in ["h1", "h2"] {
+            store.stage_changed(deploy.id, "pull", Some(host), StageChange::Started).await.unwrap();
+        }
+        store.stage_changed(deploy.id, "pull", Some("h1"), StageChange::Succeeded).await.unwrap();
+        let pull = |deploy: Deploy| deploy.stages.into_iter().find(|s| s.name == "pull").unwrap();
+        let stage = pull(store.deploy(deploy.id).await.unwrap().unwrap());
+        assert_eq!(stage.state, StageState::Running);
+        assert!(stage.ended_at.is_none());
+        store.stage_changed(deploy.id, "pull", Some("h2"), StageChange::Succeeded).await.unwrap();
+        let read = store.deploy(deploy.id).await.unwrap().unwrap();
+        assert_eq!(read.stage.as_deref(), Some("pull"));
+        let names: Vec<&str> = read.stages.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["build", "push", "pull", "boot", "healthcheck", "cutover", "prune"]);
+        assert_eq!(read.stages[0].state, StageState::Skipped);
+        let stage = pull(read);
+        assert_eq!(stage.state, StageState::Succeeded);
+        assert_eq!(stage.hosts.len(), 2);
+        assert!(stage.hosts.iter().all(|h| h.started_at.is_some() && h.ended_at.is_some()));
+        store.stage_changed(deploy.id, "boot", Some("h1"), StageChange::Started).await.unwrap();
+        store.finish(deploy.id, DeployState::Cancelled, Some("cancelled")).await.unwrap();
+        let read = store.deploy(deploy.id).await.unwrap().unwrap();
+        assert_eq!(read.state, DeployState::Cancelled);
+        let boot = read.stages.iter().find(|s| s.name == "boot").unwrap();
+        assert_eq!((boot.state, boot.hosts[0].state), (StageState::Failed, StageState::Failed));
+        assert_eq!(read.stages.iter().find(|s| s.name == "prune").unwrap().state, StageState::Skipped);
+    }
+
+    #[tokio::test]
+    async fn running_deploys_are_interrupted_at_start_and_logs_resume_by_sequence() {
+        let (store, dir) = store().await;
+        let (deploy, _) = store.insert_deploy(&request("app"), QueuePolicy::Latest).await.unwrap();
+        store.claim(deploy.id).await.unwrap();
+        store.append_lines(deploy.id, &[(1, "one".into()), (2, "two".into()), (3, "three".into())]).await.unwrap();
+        store.close().await;
+        let store = Store::open(&dir.path().join("berth.sqlite")).await.unwrap();
+        let interrupted = store.interrupt_running("the daemon stopped").await.unwrap();
+        assert_eq!(interrupted.len(), 1);
+        assert_eq!(store.deploy(deploy.id).await.unwrap().unwrap().state, DeployState::Interrupted);
+        let lines = store.lines_after(deploy.id, 1, 100).await.unwrap();
+        assert_eq!(lines, [(2, "two".to_string()), (3, "three".to_string())]);
+    }
+}
