@@ -65,7 +65,27 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
+        .layer(axum::middleware::map_response(problems_for_plain_errors))
         .with_state(state)
+}
+
+/// Errors answered by the layers (body limit, timeout) in plain text become problems like the rest.
+async fn problems_for_plain_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/problem+json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let detail = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => format!("the request body is over {MAX_BODY} bytes"),
+        StatusCode::REQUEST_TIMEOUT => "the request took too long; try again".to_string(),
+        StatusCode::METHOD_NOT_ALLOWED => "this endpoint does not take that method; see /docs".to_string(),
+        other => other.canonical_reason().unwrap_or("error").to_string(),
+    };
+    ApiError::new(status, detail).into_response()
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -12,5 +12,7 @@ mod cli_config;
 mod ssh;
 // The berth proxy (run as `kamal-proxy`): deploys under load, routing, restore, WebSocket/SSE, TLS.
 mod proxy;
+// `berth serve`: the API, queue, store and log stream, on port 0 with a temporary data directory.
+mod daemon;
 // Kamal's commands end to end on the bench: setup, deploys under load, rollback, prune, locks, app commands.
 mod deploy;
