@@ -89,6 +89,17 @@ impl Daemon {
                 .await
         });
         let dispatcher = tokio::spawn(Arc::clone(&queue).dispatch());
+        // Log lines of deploys older than `log_retention` are deleted, hourly (the deploys are kept).
+        let retention = state.config.log_retention;
+        let store = state.store.clone();
+        tokio::spawn(async move {
+            loop {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                let cutoff = crate::utc::seconds_since_epoch(now.saturating_sub(retention).as_secs());
+                let _ = store.prune_logs(&cutoff).await;
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+        });
         Ok(Daemon { address, state, server, dispatcher, shutdown, notices })
     }
 

@@ -445,9 +445,12 @@ async fn list_deploys(
         })?),
     };
     let limit = query.limit.unwrap_or(50).clamp(1, 500);
-    let filter = DeployFilter { service, state: state_filter, before: query.cursor, limit };
-    let deploys = state.store.list_deploys(&filter).await?;
-    let next_cursor = if deploys.len() as i64 == limit { deploys.last().map(|deploy| deploy.id) } else { None };
+    // One more than asked: it tells whether another page follows.
+    let filter = DeployFilter { service, state: state_filter, before: query.cursor, limit: limit + 1 };
+    let mut deploys = state.store.list_deploys(&filter).await?;
+    let more = deploys.len() as i64 > limit;
+    deploys.truncate(limit as usize);
+    let next_cursor = if more { deploys.last().map(|deploy| deploy.id) } else { None };
     Ok(Json(DeployPage { deploys, next_cursor }))
 }
 
@@ -743,8 +746,10 @@ async fn list_audit(
             .transpose()
     };
     let limit = number("limit")?.unwrap_or(100).clamp(1, 1000);
-    let entries = state.store.list_audit(number("cursor")?, limit).await?;
-    let next_cursor = if entries.len() as i64 == limit { entries.last().map(|entry| entry.id) } else { None };
+    let mut entries = state.store.list_audit(number("cursor")?, limit + 1).await?;
+    let more = entries.len() as i64 > limit;
+    entries.truncate(limit as usize);
+    let next_cursor = if more { entries.last().map(|entry| entry.id) } else { None };
     Ok(Json(AuditPage { entries, next_cursor }))
 }
 

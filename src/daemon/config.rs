@@ -156,7 +156,7 @@ impl DaemonConfig {
                     )),
                 },
                 "data_dir" => match value.as_str() {
-                    Some(dir) if !dir.is_empty() => config.data_dir = base.join(dir),
+                    Some(dir) if !dir.is_empty() => config.data_dir = clean(&base.join(dir)),
                     _ => problems.push(problem(
                         "data_dir",
                         format!("must be a directory path, found {}", show(value)),
@@ -283,7 +283,7 @@ fn parse_service(name: &str, value: &Value, base: &Path, problems: &mut Vec<Prob
                 )),
             },
             "secrets" => match text() {
-                Some(dir) => service.secrets = Some(base.join(dir)),
+                Some(dir) => service.secrets = Some(clean(&base.join(dir))),
                 None => {
                     problems.push(problem(&at(key), format!("must be a directory path, found {}", show(value)), None))
                 }
@@ -308,6 +308,11 @@ fn parse_service(name: &str, value: &Value, base: &Path, problems: &mut Vec<Prob
         ));
     }
     (problems.len() == before).then_some(service)
+}
+
+/// The path without `.` components (`/etc/berth/./data` → `/etc/berth/data`).
+fn clean(path: &Path) -> PathBuf {
+    path.components().filter(|part| !matches!(part, std::path::Component::CurDir)).collect()
 }
 
 /// `user@host:path` (git's scp-like syntax), as opposed to a local path.
@@ -386,7 +391,7 @@ mod tests {
     fn a_full_configuration() {
         let config = parse(concat!(
             "listen: 0.0.0.0:8080\n",
-            "data_dir: data\n",
+            "data_dir: ./data\n",
             "max_concurrent_deploys: 2\n",
             "deploy_timeout: 20m\n",
             "services:\n",
