@@ -242,7 +242,7 @@ impl Engine {
         self.sink.emit(Event::Progress { stage, host: host.map(str::to_string), state });
     }
 
-    /// Runs a stage: announces it, times it, reports how it ended.
+    /// Runs a stage: announces it, times it, reports how it ended. Not started once cancelled.
     pub async fn stage<T>(
         &self,
         name: &str,
@@ -250,6 +250,16 @@ impl Engine {
         work: impl Future<Output = Result<T, EngineError>>,
     ) -> Result<T, EngineError> {
         self.cancel.check()?;
+        self.stage_even_if_cancelled(name, hosts, work).await
+    }
+
+    /// [`Engine::stage`] for the work a cancel must not skip: undoing what switched.
+    pub async fn stage_even_if_cancelled<T>(
+        &self,
+        name: &str,
+        hosts: usize,
+        work: impl Future<Output = Result<T, EngineError>>,
+    ) -> Result<T, EngineError> {
         self.sink.emit(Event::StageStarted { stage: name.to_string(), hosts });
         let started = Instant::now();
         let result = work.await;

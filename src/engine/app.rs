@@ -380,8 +380,9 @@ impl Engine {
             hosts.dedup();
             hosts
         };
+        // Even (above all) after a cancel: a Ctrl-C or an API cancel mid-boot must leave no host switched.
         let result = self
-            .stage("Roll back", hosts.len(), async {
+            .stage_even_if_cancelled("Roll back", hosts.len(), async {
                 on_hosts(&hosts, |host| async move {
                     for boot in booted.iter().filter(|boot| boot.host == host).rev() {
                         let role = self.config.role(&boot.role).expect("booted roles exist");

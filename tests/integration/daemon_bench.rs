@@ -1,0 +1,397 @@
+//! `berth serve` end to end on the bench: the real binary as a daemon, real hosts (sshd + dockerd each), the
+//! real registry and berth's proxy, driven with curl as a script would — a deploy to two hosts with its
+//! timeline and live log, a `ref` built on a remote builder, a cancel in the middle of a boot, and a
+//! `kill -9` of the daemon mid-deploy followed by a restart; a load loop proves the service kept answering.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::support::bench::{Bench, Host};
+use crate::support::http::{self, LoadLoop};
+
+const SECRET_TOKEN: &str = "daemon-s3cret-never-shown";
+
+/// A `berth serve` process with its own directory, configuration, token and HOME (the bench's SSH key and
+/// known_hosts), killed on drop.
+struct Served {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    port: u16,
+    token: String,
+}
+
+impl Served {
+    fn new(bench: &Bench, repo_config: &str) -> Served {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(home.join(".ssh")).unwrap();
+        std::fs::copy(bench.ssh_key(), home.join(".ssh/id_ed25519")).unwrap();
+        std::fs::copy(bench.known_hosts(), home.join(".ssh/known_hosts")).unwrap();
+        make_repository(&dir.path().join("app"), repo_config);
+        let secrets = dir.path().join("secrets/app");
+        std::fs::create_dir_all(&secrets).unwrap();
+        std::fs::write(
+            secrets.join("secrets"),
+            format!("KAMAL_REGISTRY_PASSWORD={}\nSECRET_TOKEN={SECRET_TOKEN}\n", bench.registry().password()),
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        std::fs::write(
+            dir.path().join("berth.yml"),
+            format!(
+                "listen: 127.0.0.1:{port}\ndata_dir: data\nservices:\n  app:\n    repo: app\n    secrets: secrets/app\n    queue: fifo\n"
+            ),
+        )
+        .unwrap();
+        let mut served = Served { child: None, dir, port, token: String::new() };
+        let created = served.berth(&["token", "create", "--scope", "deploy", "--config", "berth.yml"]);
+        assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+        served.token = String::from_utf8_lossy(&created.stdout).trim().to_string();
+        served.start();
+        served
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_berth"));
+        command
+            .current_dir(self.dir.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path().join("home"));
+        command
+    }
+
+    fn berth(&self, args: &[&str]) -> std::process::Output {
+        self.command().args(args).output().unwrap()
+    }
+
+    fn start(&mut self) {
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("serve.log")).unwrap();
+        let child = self
+            .command()
+            .args(["serve", "--config", "berth.yml"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let address = format!("127.0.0.1:{}", self.port);
+        Bench::wait_for("the daemon to answer /healthz", Duration::from_secs(20), || {
+            http::get(&address, "/healthz").ok().filter(|answer| answer.status == 200)
+        });
+    }
+
+    /// `kill -9`: no chance to clean anything up.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn serve_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
+    }
+
+    /// `curl` with the token: (status, body).
+    fn curl(&self, method: &str, path: &str, body: Option<&str>, extra: &[&str]) -> (u16, String) {
+        let mut args = vec![
+            "-sS".to_string(),
+            "--max-time".into(),
+            "120".into(),
+            "-X".into(),
+            method.into(),
+            "-H".into(),
+            format!("Authorization: Bearer {}", self.token),
+            "-w".into(),
+            "\n%{http_code}".into(),
+        ];
+        if let Some(body) = body {
+            args.extend(["-H".into(), "Content-Type: application/json".into(), "--data".into(), body.into()]);
+        }
+        args.extend(extra.iter().map(|arg| arg.to_string()));
+        args.push(format!("http://127.0.0.1:{}{path}", self.port));
+        let out = Command::new("curl").args(&args).stdin(Stdio::null()).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (status.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    fn deploy(&self, body: &str) -> i64 {
+        let (status, answer) = self.curl("POST", "/deploys", Some(body), &[]);
+        assert_eq!(status, 202, "{answer}");
+        json(&answer)["id"].as_i64().unwrap()
+    }
+
+    fn get_deploy(&self, id: i64) -> serde_json::Value {
+        let (status, answer) = self.curl("GET", &format!("/deploys/{id}"), None, &[]);
+        assert_eq!(status, 200, "{answer}");
+        json(&answer)
+    }
+
+    fn wait_until(
+        &self,
+        id: i64,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        Bench::wait_for(&format!("deploy {id} to be {what}"), timeout, || {
+            let deploy = self.get_deploy(id);
+            done(&deploy).then_some(deploy)
+        })
+    }
+
+    fn wait_end(&self, id: i64) -> serde_json::Value {
+        self.wait_until(id, "over", Duration::from_secs(240), |deploy| {
+            !["queued", "running"].contains(&deploy["state"].as_str().unwrap_or_default())
+        })
+    }
+
+    /// The deploy's log as a client following it would see it: (id, event, data), until the stream closes.
+    fn follow(&self, id: i64, last_event_id: Option<i64>) -> Vec<(Option<i64>, String, String)> {
+        let mut extra = vec!["-N", "-H", "Accept: text/event-stream"];
+        let header;
+        if let Some(last) = last_event_id {
+            header = format!("Last-Event-ID: {last}");
+            extra.extend(["-H", &header]);
+        }
+        let (status, text) = self.curl("GET", &format!("/deploys/{id}/logs"), None, &extra);
+        assert_eq!(status, 200, "{text}");
+        let mut events = Vec::new();
+        for block in text.split("\n\n").filter(|block| !block.trim().is_empty()) {
+            let (mut id, mut event, mut data) = (None, "message".to_string(), Vec::new());
+            for line in block.lines() {
+                if let Some(value) = line.strip_prefix("id:") {
+                    id = value.trim().parse().ok();
+                } else if let Some(value) = line.strip_prefix("event:") {
+                    event = value.trim().to_string();
+                } else if let Some(value) = line.strip_prefix("data:") {
+                    data.push(value.strip_prefix(' ').unwrap_or(value).to_string());
+                }
+            }
+            if id.is_some() || !data.is_empty() {
+                events.push((id, event, data.join("\n")));
+            }
+        }
+        events
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// The service's repository: its Kamal configuration, and a Dockerfile that builds the test app
+/// (`APP_VERSION=built`) for deploys of a `ref`.
+fn make_repository(dir: &Path, config: &str) {
+    std::fs::create_dir_all(dir.join("config")).unwrap();
+    std::fs::write(dir.join("config/deploy.yml"), config).unwrap();
+    std::fs::copy(crate::support::bench::test_app_binary(), dir.join("berth-test-app")).unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM scratch\nCOPY berth-test-app /berth-test-app\nENV PORT=80 APP_VERSION=built\nLABEL service=app\n\
+         ENTRYPOINT [\"/berth-test-app\"]\n",
+    )
+    .unwrap();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_AUTHOR_NAME", "Ana")
+            .env("GIT_AUTHOR_EMAIL", "ana@example.com")
+            .env("GIT_COMMITTER_NAME", "Ana")
+            .env("GIT_COMMITTER_EMAIL", "ana@example.com")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    git(&["init", "-q", "--initial-branch=main"]);
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "app"]);
+}
+
+fn config(bench: &Bench) -> String {
+    let registry = bench.registry();
+    let (h1, h2) = (&bench.host(1).ip, &bench.host(2).ip);
+    format!(
+        "service: app
+image: berth-test-app
+registry:
+  server: {server}
+  username: {user}
+  password:
+    - KAMAL_REGISTRY_PASSWORD
+servers:
+  - {h1}
+  - {h2}
+env:
+  secret:
+    - SECRET_TOKEN
+proxy:
+  app_port: 80
+  healthcheck:
+    path: /up
+    interval: 1
+    timeout: 2
+builder:
+  arch: amd64
+  local: false
+  remote: ssh://{ssh_user}@{h2}
+ssh:
+  user: {ssh_user}
+deploy_timeout: 30
+drain_timeout: 2
+readiness_delay: 0
+",
+        server = registry.addr,
+        user = registry.user,
+        ssh_user = bench.ssh_user(),
+    )
+}
+
+fn version_served(host: &Host) -> String {
+    let answer = http::get(&format!("{}:80", host.ip), "/version").unwrap_or_else(|e| panic!("{}: {e}", host.ip));
+    assert_eq!(answer.status, 200, "GET /version on {}: {answer:?}", host.ip);
+    answer.body.trim().to_string()
+}
+
+fn stage(deploy: &serde_json::Value, name: &str) -> serde_json::Value {
+    deploy["stages"].as_array().unwrap().iter().find(|stage| stage["name"] == name).unwrap().clone()
+}
+
+#[test]
+fn the_daemon_deploys_to_two_hosts_builds_a_ref_cancels_mid_boot_and_survives_a_kill() {
+    let bench = Bench::start(2);
+    for version in ["v1", "v2"] {
+        bench.push_test_app_with(version, &[("SERVICE", "app")]);
+    }
+    // A version whose container takes 8 s to listen: its boot is long enough to cancel or kill in.
+    bench.push_test_app_with("slow", &[("SERVICE", "app"), ("BOOT_DELAY_MS", "8000")]);
+    let (h1, h2) = (bench.host(1).clone(), bench.host(2).clone());
+    let mut daemon = Served::new(&bench, &config(&bench));
+
+    // A version already in the registry, to two hosts: the whole timeline, per host, and the live log.
+    let first = daemon.deploy(r#"{"service":"app","version":"v1","reason":"first"}"#);
+    let events = daemon.follow(first, None);
+    let (end, lines) = events.split_last().unwrap();
+    assert_eq!((end.1.as_str(), end.2.as_str()), ("end", "succeeded"), "{events:#?}\n{}", daemon.serve_log());
+    let ids: Vec<i64> = lines.iter().map(|event| event.0.unwrap()).collect();
+    assert_eq!(ids, (1..=lines.len() as i64).collect::<Vec<_>>(), "every line once, in order");
+    let deploy = daemon.get_deploy(first);
+    assert_eq!(deploy["state"], "succeeded");
+    for (name, hosts) in
+        [("build", 0), ("push", 0), ("pull", 2), ("boot", 2), ("healthcheck", 2), ("cutover", 2), ("prune", 2)]
+    {
+        let stage = stage(&deploy, name);
+        let expected = if hosts == 0 { "skipped" } else { "succeeded" };
+        assert_eq!(stage["state"], expected, "{name}: {deploy:#}");
+        let hosts_seen: Vec<&str> =
+            stage["hosts"].as_array().unwrap().iter().map(|h| h["host"].as_str().unwrap()).collect();
+        assert_eq!(hosts_seen.len(), hosts, "{name}: {deploy:#}");
+        for host in stage["hosts"].as_array().unwrap() {
+            assert!(host["started_at"].is_string() && host["ended_at"].is_string(), "{name}: {host}");
+        }
+    }
+    assert_eq!(version_served(&h1), "v1");
+    assert_eq!(version_served(&h2), "v1");
+    // A follower that reconnects after line 3 gets exactly the rest.
+    let resumed = daemon.follow(first, Some(3));
+    assert_eq!(resumed[..resumed.len() - 1], lines[3..]);
+
+    // A ref: fetched, built at that commit on the remote builder, pushed, deployed.
+    let built = daemon.deploy(r#"{"service":"app","ref":"main"}"#);
+    let deploy = daemon.wait_end(built);
+    assert_eq!(
+        deploy["state"],
+        "succeeded",
+        "{deploy:#}\n{}",
+        daemon.curl("GET", &format!("/deploys/{built}/logs"), None, &[]).1
+    );
+    let commit = deploy["commit"].as_str().unwrap();
+    assert_eq!(commit.len(), 40);
+    assert_eq!(deploy["version"], commit, "a built ref is tagged with its commit");
+    assert_eq!(stage(&deploy, "build")["state"], "succeeded");
+    assert_eq!(stage(&deploy, "push")["state"], "succeeded");
+    assert_eq!(version_served(&h1), "built");
+    assert_eq!(version_served(&h2), "built");
+
+    // Under load from here on: nothing may fail while deploys are cancelled, killed and resumed.
+    let addrs = vec![format!("{}:80", h1.ip), format!("{}:80", h2.ip)];
+    let load = LoadLoop::start(&addrs, "/", 2);
+    Bench::wait_for("load to start", Duration::from_secs(10), || (load.count() > 10).then_some(()));
+
+    // Cancel in the middle of the boot: cancelled, the hosts serve the previous version, the lock is free.
+    let slow = daemon.deploy(r#"{"service":"app","version":"slow"}"#);
+    daemon.wait_until(slow, "booting", Duration::from_secs(120), |deploy| {
+        deploy["state"] == "running" && ["boot", "healthcheck"].contains(&deploy["stage"].as_str().unwrap_or_default())
+    });
+    let (status, answer) = daemon.curl("POST", &format!("/deploys/{slow}/cancel"), None, &[]);
+    assert_eq!(status, 202, "{answer}");
+    let deploy = daemon.wait_end(slow);
+    let log = daemon.curl("GET", &format!("/deploys/{slow}/logs"), None, &[]).1;
+    assert_eq!(deploy["state"], "cancelled", "{deploy:#}\n{log}");
+    assert_eq!(version_served(&h1), "built", "{log}");
+    assert_eq!(version_served(&h2), "built", "{log}");
+    let next = daemon.deploy(r#"{"service":"app","version":"v2"}"#);
+    assert_eq!(daemon.wait_end(next)["state"], "succeeded", "the lock was released");
+    assert_eq!(version_served(&h1), "v2");
+
+    // kill -9 while a deploy boots, then start the daemon again.
+    let killed = daemon.deploy(r#"{"service":"app","version":"slow"}"#);
+    daemon.wait_until(killed, "booting", Duration::from_secs(120), |deploy| {
+        deploy["state"] == "running" && ["boot", "healthcheck"].contains(&deploy["stage"].as_str().unwrap_or_default())
+    });
+    let lines_before = daemon.curl("GET", &format!("/deploys/{killed}/logs"), None, &[]).1;
+    daemon.kill();
+    daemon.start();
+    let deploy = daemon.get_deploy(killed);
+    assert_eq!(deploy["state"], "interrupted", "{deploy:#}");
+    assert!(deploy["error"].as_str().unwrap().contains("daemon stopped"), "{deploy:#}");
+    let lines_after = daemon.curl("GET", &format!("/deploys/{killed}/logs"), None, &[]).1;
+    assert!(
+        !lines_before.trim().is_empty() && lines_after.starts_with(lines_before.trim_end()),
+        "the log is kept up to the kill"
+    );
+    assert!(daemon.serve_log().contains(&format!("deploy {killed} of app was interrupted")), "{}", daemon.serve_log());
+    // The queue goes on: the next deploy succeeds (the killed daemon's lock is recognised and cleared).
+    let after = daemon.deploy(r#"{"service":"app","version":"v1"}"#);
+    let deploy = daemon.wait_end(after);
+    assert_eq!(
+        deploy["state"],
+        "succeeded",
+        "{deploy:#}\n{}",
+        daemon.curl("GET", &format!("/deploys/{after}/logs"), None, &[]).1
+    );
+    assert_eq!(version_served(&h1), "v1");
+    assert_eq!(version_served(&h2), "v1");
+
+    let results = load.finish();
+    assert!(results.failures.is_empty(), "requests failed: {:#?}", results.failures);
+    assert!(results.ok > 50, "{results:?}");
+
+    // No secret in the API's answers, the logs or the daemon's database.
+    for id in [first, built, slow, next, killed, after] {
+        let (_, log) = daemon.curl("GET", &format!("/deploys/{id}/logs"), None, &[]);
+        assert!(!log.contains(SECRET_TOKEN) && !log.contains(&bench.registry().password()), "deploy {id}'s log");
+    }
+    let data: PathBuf = daemon.dir.path().join("data");
+    for entry in std::fs::read_dir(&data).unwrap().flatten().filter(|entry| entry.path().is_file()) {
+        let bytes = std::fs::read(entry.path()).unwrap();
+        for secret in [SECRET_TOKEN.to_string(), bench.registry().password()] {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{} holds a secret",
+                entry.path().display()
+            );
+        }
+    }
+}
