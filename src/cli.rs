@@ -12,6 +12,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 mod daemon_commands;
 mod hosts_commands;
 mod on_hosts;
+mod server_client;
 
 use hosts_commands::*;
 
@@ -77,6 +78,9 @@ pub enum Command {
     Rollback {
         /// The version to go back to (see `berth app containers`)
         version: String,
+
+        #[command(flatten)]
+        server: server_client::ServerArgs,
     },
 
     /// Remove the app, the proxy (where no other app uses it), accessories and registry sessions from servers
@@ -207,6 +211,9 @@ pub fn main() -> ExitCode {
 /// Runs one parsed command, writing its output to `out`.
 pub fn run(cli: &Cli, env: &Environment, out: &mut dyn Write) -> anyhow::Result<()> {
     let global = &cli.global;
+    if let Some(submission) = server_submission(cli, env)? {
+        return server_client::run(submission, out);
+    }
     if on_hosts::run(cli, env)? {
         return Ok(());
     }
@@ -249,6 +256,60 @@ pub fn run(cli: &Cli, env: &Environment, out: &mut dyn Write) -> anyhow::Result<
         _ => unreachable!("host commands run in on_hosts"),
     }
     Ok(())
+}
+
+/// `deploy`, `redeploy` or `rollback` with `--server`: the request for the daemon, or None.
+fn server_submission(cli: &Cli, env: &Environment) -> anyhow::Result<Option<server_client::Submission>> {
+    let global = &cli.global;
+    let (server_args, rollback_version, skip_push) = match &cli.command {
+        Command::Deploy(args) | Command::Redeploy(args) => (&args.server, None, args.skip_push),
+        Command::Rollback { version, server } => (server, Some(version), false),
+        _ => return Ok(None),
+    };
+    let Some(server) = &server_args.server else { return Ok(None) };
+    let token = env
+        .get("BERTH_TOKEN")
+        .filter(|token| !token.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("--server needs the daemon's token in $BERTH_TOKEN (never on the command line); create one with `berth token create --scope deploy`"))?
+        .to_string();
+    let service = match &server_args.service {
+        Some(service) => service.clone(),
+        None => load_config_without_version(global, env).map(|config| config.service).map_err(|error| {
+            anyhow::anyhow!("name the service with --service (the configuration here does not load: {error})")
+        })?,
+    };
+    let (path, body) = match rollback_version {
+        Some(version) => (
+            format!("/services/{service}/rollback"),
+            serde_json::json!({"version": version, "destination": global.destination, "reason": server_args.reason}),
+        ),
+        None => {
+            if skip_push && global.version.is_none() {
+                anyhow::bail!("with --server, -P needs --version VERSION: the image tag already in the registry");
+            }
+            if global.version.is_some() && server_args.git_ref.is_some() {
+                anyhow::bail!(
+                    "give --version (an image already in the registry) or --ref (build that commit), not both"
+                );
+            }
+            let body = serde_json::json!({
+                "service": service,
+                "destination": global.destination,
+                "version": global.version,
+                "ref": server_args.git_ref,
+                "reason": server_args.reason,
+            });
+            ("/deploys".to_string(), body)
+        }
+    };
+    // JSON nulls for what was not given: the daemon takes them as absent.
+    let body = match body {
+        serde_json::Value::Object(map) => {
+            serde_json::Value::Object(map.into_iter().filter(|(_, v)| !v.is_null()).collect())
+        }
+        other => other,
+    };
+    Ok(Some(server_client::Submission { server: server.clone(), token, path, body }))
 }
 
 /// kamal-proxy's own commands (`berth proxy run|deploy|pause|…`), for the proxy on this machine.

@@ -49,6 +49,9 @@ pub struct DeployArgs {
     /// Build without the Docker build cache
     #[arg(long = "no-cache")]
     pub no_cache: bool,
+
+    #[command(flatten)]
+    pub server: super::server_client::ServerArgs,
 }
 
 #[derive(Clone, Debug, Args)]

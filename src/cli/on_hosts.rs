@@ -42,7 +42,7 @@ pub fn run(cli: &Cli, env: &Environment) -> anyhow::Result<bool> {
     };
     let global = &cli.global;
     let mut global_for_config = global.clone();
-    if let Command::Rollback { version } = &cli.command {
+    if let Command::Rollback { version, .. } = &cli.command {
         global_for_config.version = Some(version.clone());
     }
     let needs_version =
@@ -133,7 +133,7 @@ async fn dispatch(engine: &Engine, command: &Command) -> anyhow::Result<()> {
         Command::Setup(args) => engine.setup(deploy_options(args)).await?,
         Command::Deploy(args) => engine.deploy(deploy_options(args)).await?,
         Command::Redeploy(args) => engine.redeploy(deploy_options(args)).await?,
-        Command::Rollback { version } => engine.rollback(version).await?,
+        Command::Rollback { version, .. } => engine.rollback(version).await?,
         Command::Remove(confirm) => {
             confirmed(confirm, "This will remove all containers and images. Are you sure?")?;
             engine.remove_everything().await?

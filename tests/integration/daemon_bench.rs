@@ -341,9 +341,28 @@ fn the_daemon_deploys_to_two_hosts_builds_a_ref_cancels_mid_boot_and_survives_a_
     assert_eq!(deploy["state"], "cancelled", "{deploy:#}\n{log}");
     assert_eq!(version_served(&h1), "built", "{log}");
     assert_eq!(version_served(&h2), "built", "{log}");
-    let next = daemon.deploy(r#"{"service":"app","version":"v2"}"#);
-    assert_eq!(daemon.wait_end(next)["state"], "succeeded", "the lock was released");
+    // The command line as the daemon's client: submitted, followed live, the outcome as its exit status.
+    let server = format!("http://127.0.0.1:{}", daemon.port);
+    let client = |version: &str| {
+        daemon
+            .command()
+            .args(["deploy", "--server", &server, "--service", "app", "--version", version, "--reason", "from the CLI"])
+            .env("BERTH_TOKEN", &daemon.token)
+            .output()
+            .unwrap()
+    };
+    let out = client("v2");
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "the lock was released: {shown}\n{}", String::from_utf8_lossy(&out.stderr));
+    let next: i64 = shown.split_whitespace().nth(1).and_then(|id| id.parse().ok()).expect("Deploy N queued …");
+    assert!(shown.contains(&format!("Deploy {next} succeeded")), "the log was followed to its end: {shown}");
+    assert_eq!(daemon.get_deploy(next)["reason"], "from the CLI");
     assert_eq!(version_served(&h1), "v2");
+    let out = client("no-such-version");
+    assert!(!out.status.success(), "a failed deploy fails the command");
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(error.contains("failed"), "{error}");
+    assert_eq!(version_served(&h1), "v2", "a failed pull changes nothing");
 
     // kill -9 while a deploy boots, then start the daemon again.
     let killed = daemon.deploy(r#"{"service":"app","version":"slow"}"#);
