@@ -12,6 +12,19 @@ if ! command -v ruby >/dev/null 2>&1; then
     apt-get install -y -qq ruby >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq ruby >/dev/null; }
 fi
 
+# schemathesis (PyPI) fuzzes the daemon's API from its own OpenAPI spec (tests/integration/daemon.rs), from a
+# virtual environment of the project's own (Debian's Python refuses system-wide pip installs).
+venv=target/test-tools/venv
+if [[ ! -x $venv/bin/schemathesis ]]; then
+    if ! python3 -m venv --help >/dev/null 2>&1; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -qq python3 python3-venv >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq python3 python3-venv >/dev/null; }
+    fi
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check 'schemathesis==4.32.5'
+fi
+
 export CARGO_TERM_COLOR=never
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings

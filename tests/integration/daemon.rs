@@ -393,3 +393,22 @@ async fn a_daemon_without_services_starts_and_says_how_to_add_one() {
     assert!(error.contains("services/app/queue: must be `latest` or `fifo`"), "{error}");
     assert!(error.contains("listen: must be an address and port"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schemathesis_finds_no_server_error_in_the_served_spec() {
+    let app = App::spawn(ONE_SERVICE).await;
+    let admin = app.token(Scope::Admin, None).await;
+    let tool = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-tools/venv/bin/schemathesis");
+    assert!(tool.exists(), "{} is missing: run `bash scripts/test.sh`, which installs it", tool.display());
+    let url = format!("http://{}/openapi.json", app.address);
+    let run = tokio::process::Command::new(&tool)
+        .args(["run", &url, "--checks", "not_a_server_error", "--max-examples", "25", "--seed", "1"])
+        .args(["--header", &format!("Authorization: Bearer {admin}")])
+        .env("NO_COLOR", "1")
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(300), run).await.expect("schemathesis finishes").unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "schemathesis found a problem:\n{shown}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(shown.contains(" passed"), "{shown}");
+    assert!(!shown.contains("Server error"), "{shown}");
+}
