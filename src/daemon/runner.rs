@@ -42,11 +42,8 @@ impl EngineRunner {
         // from the branch's head).
         let reference = deploy.git_ref.clone().unwrap_or_else(|| service.branch.clone());
         sink.line(format!("Fetching {} ({reference})", service.repo));
-        let mirror = self.data_dir.join("git").join(format!("{}.git", service.name));
-        fetch_mirror(&service.repo, &mirror).await?;
-        let commit = resolve(&mirror, &reference).await?;
         let checkout = self.data_dir.join("work").join(format!("deploy-{}", deploy.id));
-        check_out(&mirror, &commit, &checkout).await?;
+        let commit = check_out_reference(&self.data_dir, service, &reference, &checkout).await?;
         let result = self.deploy_checkout(job, service, &commit, &checkout).await;
         // The checkout is only needed while the deploy runs.
         let _ = tokio::fs::remove_dir_all(&checkout).await;
@@ -66,29 +63,9 @@ impl EngineRunner {
         let version = deploy.version.clone().unwrap_or_else(|| commit.to_string());
         sink.resolved(&version, Some(commit));
         sink.line(format!("Deploying {} version {version} from commit {commit}", service.name));
-        let env = self.env.with_cwd(checkout);
-        let options = LoadOptions {
-            config_file: checkout.join(&service.config),
-            destination: deploy.destination.clone(),
-            version: Some(version.clone()),
-        };
-        let mut config =
-            Config::load(&options, &env).map_err(|error| format!("the configuration at {commit}: {error}"))?;
-        if config.service != service.name {
-            return Err(format!(
-                "{} at {commit} is for service `{}`, but the daemon knows it as `{}`: rename the service in berth.yml",
-                service.config, config.service, service.name
-            ));
-        }
-        // Secrets come from the daemon's directory for the service, never from the repository.
-        config.secrets_path = match &service.secrets {
-            Some(dir) => dir.join("secrets").to_string_lossy().into_owned(),
-            None => self.data_dir.join("no-secrets").join("secrets").to_string_lossy().into_owned(),
-        };
         let sink_dyn: Arc<dyn crate::engine::output::Sink> = Arc::clone(sink) as Arc<DeploySink>;
-        let run_options = RunOptions { command: "deploy".to_string(), ..RunOptions::default() };
-        let engine = Engine::new(config, env, sink_dyn, job.redactor.clone(), run_options)
-            .map_err(|error| error.to_string())?
+        let place = Place { data_dir: &self.data_dir, env: &self.env, service, checkout, commit };
+        let engine = engine_at(&place, deploy.destination.clone(), &version, sink_dyn, job.redactor.clone(), "deploy")?
             .with_cancel(job.cancel.clone());
         let result = if deploy.kind == "rollback" {
             engine.rollback(&version).await
@@ -104,6 +81,66 @@ impl EngineRunner {
 }
 
 const CANCELLED: &str = "cancelled";
+
+/// Where an engine for a service runs: the daemon's directories, and a checkout of the service at a commit.
+pub(super) struct Place<'a> {
+    pub data_dir: &'a Path,
+    pub env: &'a Environment,
+    pub service: &'a ServiceConfig,
+    pub checkout: &'a Path,
+    pub commit: &'a str,
+}
+
+/// The engine for `place`: the checkout's Kamal configuration (for `destination`, at `version`), the
+/// service's secrets from the daemon's directory (never the repository's), host keys as the daemon user's.
+pub(super) fn engine_at(
+    place: &Place<'_>,
+    destination: Option<String>,
+    version: &str,
+    sink: Arc<dyn crate::engine::output::Sink>,
+    redactor: crate::engine::output::Redactor,
+    command: &str,
+) -> Result<Engine, String> {
+    let (service, commit) = (place.service, place.commit);
+    let env = place.env.with_cwd(place.checkout);
+    let options = LoadOptions {
+        config_file: place.checkout.join(&service.config),
+        destination,
+        version: Some(version.to_string()),
+    };
+    let mut config = Config::load(&options, &env).map_err(|error| format!("the configuration at {commit}: {error}"))?;
+    if config.service != service.name {
+        return Err(format!(
+            "{} at {commit} is for service `{}`, but the daemon knows it as `{}`: rename the service in berth.yml",
+            service.config, config.service, service.name
+        ));
+    }
+    config.secrets_path = match &service.secrets {
+        Some(dir) => dir.join("secrets").to_string_lossy().into_owned(),
+        None => place.data_dir.join("no-secrets").join("secrets").to_string_lossy().into_owned(),
+    };
+    let run_options = RunOptions { command: command.to_string(), ..RunOptions::default() };
+    Engine::new(config, env, sink, redactor, run_options).map_err(|error| error.to_string())
+}
+
+/// Brings the service's mirror up to date and checks `reference` out into `dir`; returns the commit.
+pub(super) async fn check_out_reference(
+    data_dir: &Path,
+    service: &ServiceConfig,
+    reference: &str,
+    dir: &Path,
+) -> Result<String, String> {
+    let mirror = data_dir.join("git").join(format!("{}.git", service.name));
+    {
+        // One fetch at a time: git locks a mirror's refs, and a second fetch of it at once would fail.
+        static FETCHING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let _fetching = FETCHING.lock().await;
+        fetch_mirror(&service.repo, &mirror).await?;
+    }
+    let commit = resolve(&mirror, reference).await?;
+    check_out(&mirror, &commit, dir).await?;
+    Ok(commit)
+}
 
 impl Runner for EngineRunner {
     fn run(&self, job: Job) -> Pin<Box<dyn Future<Output = Outcome> + Send + '_>> {

@@ -236,6 +236,31 @@ impl Engine {
         self.show_per_role(|role| app::current_running_version(&self.config, role)).await
     }
 
+    /// What each selected app host runs now, per role (for the daemon's service status): the version, or
+    /// why the host could not tell (one unreachable host does not hide the others).
+    pub async fn running_versions(&self) -> Vec<RunningVersion> {
+        let hosts = self.selection.app_hosts(&self.config);
+        let listings = futures_util::future::join_all(hosts.iter().map(|host| async move {
+            let listing = self.remote().run(host, &app::inventory(&self.config)).await;
+            (host.clone(), listing.map(|out| super::inventory::Inventory::parse(&out.stdout)))
+        }))
+        .await;
+        let mut versions = Vec::new();
+        for (host, listing) in listings {
+            for role in self.selection.roles_on(&self.config, &host) {
+                let (version, error) = match &listing {
+                    Ok(inventory) => {
+                        let prefix = names::container_prefix(&self.config, &role.name);
+                        (inventory.running_version(&role.name, &prefix).map(|(version, _)| version), None)
+                    }
+                    Err(error) => (None, Some(error.to_string())),
+                };
+                versions.push(RunningVersion { host: host.clone(), role: role.name.clone(), version, error });
+            }
+        }
+        versions
+    }
+
     /// `app logs`: per (host, role); with `--follow`, streamed live from every selected host and role at once,
     /// each line prefixed with its host (Kamal follows the primary host only).
     pub async fn app_logs(&self, options: &LogOptions) -> Result<(), EngineError> {
@@ -637,4 +662,15 @@ impl Drop for PrivateKeyFiles {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// What one role runs on one host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunningVersion {
+    pub host: String,
+    pub role: String,
+    /// None when no container of the role runs there (or the host could not be asked).
+    pub version: Option<String>,
+    /// Why the host could not be asked.
+    pub error: Option<String>,
 }

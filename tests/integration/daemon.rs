@@ -405,6 +405,8 @@ async fn schemathesis_finds_no_server_error_in_the_served_spec() {
         .args(["run", &url, "--checks", "not_a_server_error", "--max-examples", "25", "--seed", "1"])
         .args(["--header", &format!("Authorization: Bearer {admin}")])
         .env("NO_COLOR", "1")
+        // It keeps a cache (.schemathesis/) where it runs: not in the repository.
+        .current_dir(app._dir.path())
         .output();
     let out = tokio::time::timeout(Duration::from_secs(300), run).await.expect("schemathesis finishes").unwrap();
     let shown = String::from_utf8_lossy(&out.stdout);
