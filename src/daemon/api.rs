@@ -26,7 +26,7 @@ use super::config::DaemonConfig;
 use super::logs::{LiveEvent, LogHub};
 use super::model::{AuditEntry, Deploy, DeployState, Scope, TokenInfo};
 use super::queue::{Cancelled, Queue};
-use super::store::{DeployFilter, NewAudit, NewDeploy, Store, StoreError};
+use super::store::{DeployAudit, DeployFilter, NewAudit, NewDeploy, Store, StoreError};
 
 /// Largest request body accepted (deploy requests are a few hundred bytes).
 pub const MAX_BODY: usize = 64 * 1024;
@@ -380,13 +380,19 @@ fn check_word(field: &str, value: Option<String>) -> Result<Option<String>, ApiE
 
 async fn queue_deploy(state: &AppState, caller: &Caller, new: NewDeploy, action: &str) -> Result<Response, ApiError> {
     let policy = state.config.services[&new.service].queue;
-    let (deploy, created) = state.store.insert_deploy(&new, policy).await?;
+    // The request and its audit entry are stored together.
+    let audit = DeployAudit {
+        token_id: Some(caller.token.id),
+        actor: &caller.token.name,
+        action,
+        status: StatusCode::ACCEPTED.as_u16(),
+        remote_addr: caller.remote.as_deref(),
+        target: |deploy| format!("deploy {} of {}", deploy.id, deploy.service),
+    };
+    let (deploy, created) = state.store.insert_deploy_audited(&new, policy, &audit).await?;
     if created {
         state.queue.wake();
     }
-    caller
-        .audit(&state.store, action, Some(&format!("deploy {} of {}", deploy.id, deploy.service)), StatusCode::ACCEPTED)
-        .await;
     let mut response = (StatusCode::ACCEPTED, Json(&deploy)).into_response();
     if let Ok(location) = HeaderValue::from_str(&format!("/deploys/{}", deploy.id)) {
         response.headers_mut().insert(header::LOCATION, location);
