@@ -61,6 +61,7 @@ impl Daemon {
         config: DaemonConfig,
         listener: TcpListener,
         runner: Arc<dyn Runner>,
+        env: &Environment,
     ) -> Result<Daemon, DaemonError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| DaemonError::DataDir { path: config.data_dir.display().to_string(), source })?;
@@ -78,7 +79,9 @@ impl Daemon {
         let config = Arc::new(config);
         let hub = Arc::new(LogHub::default());
         let queue = Queue::new(store.clone(), Arc::clone(&hub), Arc::clone(&config), runner);
-        let state = api::AppState { store, queue: Arc::clone(&queue), hub, config, started: Instant::now() };
+        let hosts =
+            Arc::new(hosts::ServiceHosts::new(Arc::new(config.services.clone()), config.data_dir.clone(), env.clone()));
+        let state = api::AppState { store, queue: Arc::clone(&queue), hub, config, started: Instant::now(), hosts };
         let address = listener.local_addr().map_err(DaemonError::Serve)?;
         let (shutdown, mut stopping) = tokio::sync::watch::channel(false);
         let app = api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();

@@ -61,7 +61,7 @@ pub fn serve(args: &ServeArgs, env: &Environment, out: &mut dyn Write) -> anyhow
         let data_dir = config.data_dir.clone();
         let file = config.file.clone();
         let runner = daemon::engine_runner(&config, env);
-        let daemon = Daemon::start(config, listener, runner).await?;
+        let daemon = Daemon::start(config, listener, runner, env).await?;
         writeln!(
             out,
             "berth serve: listening on http://{} ({services} service(s); data in {}; API docs at /docs)",

@@ -39,6 +39,8 @@ pub struct AppState {
     pub hub: Arc<LogHub>,
     pub config: Arc<DaemonConfig>,
     pub started: Instant,
+    /// The engine on a service's hosts (status, maintenance).
+    pub hosts: Arc<super::hosts::ServiceHosts>,
 }
 
 /// The API's routes, with body limits and request timeouts (log streams excepted).
@@ -50,6 +52,8 @@ pub fn router(state: AppState) -> Router {
         .route("/services", get(list_services))
         .route("/services/{name}", get(get_service))
         .route("/services/{name}/rollback", post(rollback_service))
+        .route("/services/{name}/maintenance", post(maintenance_on))
+        .route("/services/{name}/live", post(maintenance_off))
         .route("/audit", get(list_audit))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -659,8 +663,108 @@ pub struct ServiceHost {
     pub host: String,
     pub role: Option<String>,
     pub version: Option<String>,
-    /// The state of the last deploy on that host.
+    /// `GET /services/{name}`: `running`, `stopped` or `unreachable`, as the host answered now;
+    /// `GET /services`: the state of the last deploy on that host.
     pub state: String,
+    /// Why the host did not answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Which destination of a service.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DestinationQuery {
+    /// One of the service's destinations (required when it has any).
+    pub destination: Option<String>,
+}
+
+/// A maintenance request.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceRequest {
+    pub destination: Option<String>,
+    /// What the proxy answers (503) while in maintenance.
+    pub message: Option<String>,
+    /// Seconds in-flight requests get to finish.
+    pub drain_timeout: Option<u64>,
+}
+
+/// What a maintenance change did, per host (as the command line shows it).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MaintenanceAnswer {
+    pub service: String,
+    /// `maintenance` or `live`.
+    pub mode: String,
+    pub output: Vec<String>,
+}
+
+/// Checks a destination for a service: one of its own, and given when it has any.
+fn check_destination(state: &AppState, service: &str, destination: &Option<String>) -> Result<(), ApiError> {
+    let config = &state.config.services[service];
+    match destination {
+        None if !config.destinations.is_empty() => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("service `{service}` has destinations: name one of {}", config.destinations.join(", ")),
+        )),
+        Some(destination) if !config.destinations.contains(destination) => {
+            Err(ApiError::new(StatusCode::BAD_REQUEST, format!("`{destination}` is not a destination of `{service}`")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Puts a service in maintenance: its proxies answer 503 with the message (deploy scope).
+#[utoipa::path(post, path = "/services/{name}/maintenance", request_body = MaintenanceRequest,
+    params(("name" = String, Path, description = "The service")),
+    responses((status = 200, body = MaintenanceAnswer), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 403, body = Problem), (status = 404, body = Problem), (status = 502, description = "The hosts could not be changed", body = Problem)),
+    security(("bearer" = [])))]
+async fn maintenance_on(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Result<Json<MaintenanceRequest>, JsonRejection>,
+) -> Result<Json<MaintenanceAnswer>, ApiError> {
+    let Json(request) = body?;
+    set_maintenance(state, caller, name, true, request).await
+}
+
+/// Takes a service out of maintenance (deploy scope).
+#[utoipa::path(post, path = "/services/{name}/live", params(("name" = String, Path, description = "The service"), DestinationQuery),
+    responses((status = 200, body = MaintenanceAnswer), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 403, body = Problem), (status = 404, body = Problem), (status = 502, body = Problem)),
+    security(("bearer" = [])))]
+async fn maintenance_off(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(query): Query<DestinationQuery>,
+) -> Result<Json<MaintenanceAnswer>, ApiError> {
+    let request = MaintenanceRequest { destination: query.destination, ..MaintenanceRequest::default() };
+    set_maintenance(state, caller, name, false, request).await
+}
+
+async fn set_maintenance(
+    state: AppState,
+    caller: Caller,
+    name: String,
+    on: bool,
+    request: MaintenanceRequest,
+) -> Result<Json<MaintenanceAnswer>, ApiError> {
+    if !state.config.services.contains_key(&name) {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, unknown_service(&state.config, &name)));
+    }
+    caller.require(Scope::Deploy, Some(&name))?;
+    check_destination(&state, &name, &request.destination)?;
+    let mode = if on { "maintenance" } else { "live" };
+    let action = format!("POST /services/{{name}}/{mode}");
+    let done = state.hosts.maintenance(&name, request.destination, on, request.message, request.drain_timeout).await;
+    let status = if done.is_ok() { StatusCode::OK } else { StatusCode::BAD_GATEWAY };
+    caller.audit(&state.store, &action, Some(&name), status).await;
+    let output =
+        done.map_err(|error| ApiError::new(StatusCode::BAD_GATEWAY, format!("the hosts of `{name}`: {error}")))?;
+    Ok(Json(MaintenanceAnswer { service: name, mode: mode.to_string(), output }))
 }
 
 /// The services the daemon deploys.
@@ -678,20 +782,38 @@ async fn list_services(State(state): State<AppState>, caller: Caller) -> Result<
     Ok(Json(services))
 }
 
-/// One service.
-#[utoipa::path(get, path = "/services/{name}", params(("name" = String, Path, description = "The service")),
-    responses((status = 200, body = ServiceSummary), (status = 401, body = Problem), (status = 404, body = Problem)),
+/// One service, with what each of its hosts runs now (read from the hosts over SSH).
+#[utoipa::path(get, path = "/services/{name}", params(("name" = String, Path, description = "The service"), DestinationQuery),
+    responses((status = 200, body = ServiceSummary), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 404, body = Problem), (status = 502, description = "The service's configuration could not be read", body = Problem)),
     security(("bearer" = [])))]
 async fn get_service(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
+    Query(query): Query<DestinationQuery>,
 ) -> Result<Json<ServiceSummary>, ApiError> {
     if !state.config.services.contains_key(&name) {
         return Err(ApiError::new(StatusCode::NOT_FOUND, unknown_service(&state.config, &name)));
     }
     caller.require(Scope::Read, Some(&name))?;
-    Ok(Json(service_summary(&state, &name).await?))
+    check_destination(&state, &name, &query.destination)?;
+    let mut summary = service_summary(&state, &name).await?;
+    let hosts =
+        state.hosts.status(&name, query.destination).await.map_err(|error| {
+            ApiError::new(StatusCode::BAD_GATEWAY, format!("reading the hosts of `{name}`: {error}"))
+        })?;
+    summary.hosts = hosts
+        .into_iter()
+        .map(|host| ServiceHost {
+            host: host.host,
+            role: Some(host.role),
+            version: host.version,
+            state: host.state,
+            error: host.error,
+        })
+        .collect();
+    Ok(Json(summary))
 }
 
 async fn service_summary(state: &AppState, name: &str) -> Result<ServiceSummary, ApiError> {
@@ -708,6 +830,7 @@ async fn service_summary(state: &AppState, name: &str) -> Result<ServiceSummary,
                 role: None,
                 version: full.version.clone(),
                 state: full.state.name().to_string(),
+                error: None,
             });
         }
     }
@@ -823,9 +946,9 @@ async fn metrics(State(state): State<AppState>, caller: Caller) -> Result<Respon
 #[derive(OpenApi)]
 #[openapi(
     info(title = "berth", description = "The berth deploy daemon: queue deploys, follow them live, see what runs where."),
-    paths(create_deploy, list_deploys, get_deploy, cancel_deploy, deploy_logs, list_services, get_service,
+    paths(maintenance_on, maintenance_off, create_deploy, list_deploys, get_deploy, cancel_deploy, deploy_logs, list_services, get_service,
           rollback_service, list_audit, healthz, metrics),
-    components(schemas(Deploy, DeployRequest, RollbackRequest, DeployPage, CancelAnswer, ServiceSummary, ServiceHost,
+    components(schemas(MaintenanceRequest, MaintenanceAnswer, Deploy, DeployRequest, RollbackRequest, DeployPage, CancelAnswer, ServiceSummary, ServiceHost,
                        AuditPage, Health, Problem)),
     modifiers(&BearerAuth),
 )]

@@ -100,7 +100,8 @@ impl ServiceHosts {
     {
         let service = self.services.get(service).ok_or_else(|| format!("no service `{service}`"))?;
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let checkout = self.data_dir.join("work").join(format!("{command}-{}-{}-{n}", service.name, std::process::id()));
+        let checkout =
+            self.data_dir.join("work").join(format!("{command}-{}-{}-{n}", service.name, std::process::id()));
         let commit = check_out_reference(&self.data_dir, service, &service.branch, &checkout).await;
         let result = match commit {
             Ok(commit) => {
@@ -111,14 +112,16 @@ impl ServiceHosts {
                     redactor.clone(),
                     Box::new(Collected(Arc::clone(&output))),
                 ));
-                let place = Place { data_dir: &self.data_dir, env: &self.env, service, checkout: &checkout, commit: &commit };
+                let place =
+                    Place { data_dir: &self.data_dir, env: &self.env, service, checkout: &checkout, commit: &commit };
                 // The version only names containers for commands that start some; these read or toggle.
                 match engine_at(&place, destination, "latest", sink, redactor, command) {
                     Ok(engine) => {
                         let engine = Arc::new(engine);
                         let result = work(Arc::clone(&engine)).await;
                         engine.close().await;
-                        let text = String::from_utf8_lossy(&output.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+                        let text =
+                            String::from_utf8_lossy(&output.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
                         result.map(|value| (value, text.lines().map(str::to_string).collect()))
                     }
                     Err(error) => Err(error),

@@ -37,7 +37,7 @@ impl App {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let env = Environment::from_vars(std::env::vars(), dir.path());
         let runner = berth::daemon::engine_runner(&config, &env);
-        let daemon = Daemon::start(config, listener, runner).await.expect("the daemon starts");
+        let daemon = Daemon::start(config, listener, runner, &env).await.expect("the daemon starts");
         let address = daemon.address.to_string();
         App { daemon: Some(daemon), address, _dir: dir }
     }
@@ -403,6 +403,9 @@ async fn schemathesis_finds_no_server_error_in_the_served_spec() {
     let url = format!("http://{}/openapi.json", app.address);
     let run = tokio::process::Command::new(&tool)
         .args(["run", &url, "--checks", "not_a_server_error", "--max-examples", "25", "--seed", "1"])
+        // Maintenance changes hosts, and this daemon's service has none it can reach: those answer 502 (the
+        // hosts failed) by design; they are exercised on real hosts in `daemon_bench`.
+        .args(["--exclude-path-regex", "/(maintenance|live)$"])
         .args(["--header", &format!("Authorization: Bearer {admin}")])
         .env("NO_COLOR", "1")
         // It keeps a cache (.schemathesis/) where it runs: not in the repository.

@@ -303,6 +303,36 @@ fn the_daemon_deploys_to_two_hosts_builds_a_ref_cancels_mid_boot_and_survives_a_
     }
     assert_eq!(version_served(&h1), "v1");
     assert_eq!(version_served(&h2), "v1");
+    // What runs where, read from the hosts now.
+    let (status, answer) = daemon.curl("GET", "/services/app", None, &[]);
+    assert_eq!(status, 200, "{answer}");
+    let service = json(&answer);
+    let mut hosts: Vec<(String, String, String, String)> = service["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            let text = |key: &str| h[key].as_str().unwrap_or_default().to_string();
+            (text("host"), text("role"), text("version"), text("state"))
+        })
+        .collect();
+    hosts.sort();
+    let row = |host: &Host| (host.ip.clone(), "web".to_string(), "v1".to_string(), "running".to_string());
+    assert_eq!(hosts, [row(&h1), row(&h2)], "{service:#}");
+
+    // Maintenance: the proxies answer 503 with the message; live again after.
+    let (status, answer) = daemon.curl("POST", "/services/app/maintenance", Some(r#"{"message":"Back at noon"}"#), &[]);
+    assert_eq!(status, 200, "{answer}");
+    for host in [&h1, &h2] {
+        let answer = http::get(&format!("{}:80", host.ip), "/").unwrap();
+        assert_eq!(answer.status, 503, "{answer:?}");
+        assert!(answer.body.contains("Back at noon"), "{answer:?}");
+    }
+    let (status, answer) = daemon.curl("POST", "/services/app/live", None, &[]);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(version_served(&h1), "v1");
+    assert_eq!(version_served(&h2), "v1");
+
     // A follower that reconnects after line 3 gets exactly the rest.
     let resumed = daemon.follow(first, Some(3));
     assert_eq!(resumed[..resumed.len() - 1], lines[3..]);
