@@ -81,6 +81,30 @@ impl Daemon {
         let queue = Queue::new(store.clone(), Arc::clone(&hub), Arc::clone(&config), runner);
         let hosts =
             Arc::new(hosts::ServiceHosts::new(Arc::new(config.services.clone()), config.data_dir.clone(), env.clone()));
+        // The lock an interrupted deploy held is cleared now rather than by the next deploy of its service,
+        // and its log says so.
+        for deploy in &interrupted {
+            let (hosts, store) = (Arc::clone(&hosts), store.clone());
+            let (id, service, destination) = (deploy.id, deploy.service.clone(), deploy.destination.clone());
+            tokio::spawn(async move {
+                let line = match hosts.clear_stale_lock(&service, destination).await {
+                    Ok(Some(host)) => {
+                        format!("At the daemon's restart: released the deploy lock this deploy held on {host}")
+                    }
+                    Ok(None) => "At the daemon's restart: no deploy lock of this deploy was left".to_string(),
+                    Err(error) => format!(
+                        "At the daemon's restart: the deploy lock could not be checked ({error}); the next deploy clears it"
+                    ),
+                };
+                let last = store
+                    .lines_after(id, 0, i64::MAX)
+                    .await
+                    .ok()
+                    .and_then(|lines| lines.last().map(|l| l.0))
+                    .unwrap_or(0);
+                let _ = store.append_lines(id, &[(last + 1, line)]).await;
+            });
+        }
         let state = api::AppState { store, queue: Arc::clone(&queue), hub, config, started: Instant::now(), hosts };
         let address = listener.local_addr().map_err(DaemonError::Serve)?;
         let (shutdown, mut stopping) = tokio::sync::watch::channel(false);

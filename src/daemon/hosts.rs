@@ -85,6 +85,16 @@ impl ServiceHosts {
         .map(|((), lines)| lines)
     }
 
+    /// Clears the service's deploy lock if the process that took it is gone (at the daemon's start, for a
+    /// deploy a killed daemon left `running`); returns the host it was on.
+    pub async fn clear_stale_lock(&self, service: &str, destination: Option<String>) -> Result<Option<String>, String> {
+        self.with_engine(service, destination, "lock", |engine| async move {
+            engine.clear_stale_lock().await.map_err(|error| error.to_string())
+        })
+        .await
+        .map(|(host, _)| host)
+    }
+
     /// Runs `work` with an engine for the service at its branch's head; returns its result and what it
     /// reported, as the console would show it (secrets redacted).
     async fn with_engine<T, F, Fut>(

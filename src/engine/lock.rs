@@ -139,6 +139,21 @@ impl Engine {
         Ok(())
     }
 
+    /// Clears the deploy lock when the berth process that took it is gone (a daemon killed mid-deploy, then
+    /// started again on the same machine). Returns the host it was on, or None when there was no such lock
+    /// (no lock, a live holder, or one taken by hand).
+    pub async fn clear_stale_lock(&self) -> Result<Option<String>, EngineError> {
+        let Some(host) = self.selection.primary_host.clone() else { return Ok(None) };
+        let Some(current) = self.lock_details(&host).await? else { return Ok(None) };
+        if !Holder::parse(&current).is_some_and(|holder| holder.is_gone()) {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        self.remote().run(&host, &lock::release(&self.config)).await?;
+        self.remote().report(&host, "Cleared the deploy lock of a berth process that is gone", started, true);
+        Ok(Some(host))
+    }
+
     /// The decoded details of the lock on `host`, or None when there is no lock.
     pub async fn lock_details(&self, host: &str) -> Result<Option<String>, EngineError> {
         let output = self.remote().run_unchecked(host, &lock::status(&self.config)).await?;

@@ -411,6 +411,14 @@ fn the_daemon_deploys_to_two_hosts_builds_a_ref_cancels_mid_boot_and_survives_a_
         "the log is kept up to the kill"
     );
     assert!(daemon.serve_log().contains(&format!("deploy {killed} of app was interrupted")), "{}", daemon.serve_log());
+    // The lock the killed daemon held is released at the restart, and the deploy's log says so.
+    let released = Bench::wait_for("the interrupted deploy's lock to be released", Duration::from_secs(60), || {
+        let log = daemon.curl("GET", &format!("/deploys/{killed}/logs"), None, &[]).1;
+        log.lines().find(|line| line.starts_with("At the daemon's restart")).map(str::to_string)
+    });
+    assert_eq!(released, format!("At the daemon's restart: released the deploy lock this deploy held on {}", h1.ip));
+    let lock = bench.ssh(&h1, "ls -d .kamal/lock-* 2>/dev/null");
+    assert!(String::from_utf8_lossy(&lock.stdout).trim().is_empty(), "no lock directory left");
     // The queue goes on: the next deploy succeeds (the killed daemon's lock is recognised and cleared).
     let after = daemon.deploy(r#"{"service":"app","version":"v1"}"#);
     let deploy = daemon.wait_end(after);
