@@ -5,7 +5,10 @@
 //! through a pool of read-only connections, so status reads never wait behind log writes. Each statement is a
 //! round trip to the connection's own thread, so the hot paths make few: a deploy request and its audit entry
 //! are one transaction, a deploy and its timeline one query. Tokens are looked up through a short-lived cache
-//! ([`TokenCache`]).
+//! ([`TokenCache`]); deploys as last read are kept by id (`deploy_cache`), and every write that changes a
+//! deploy tells that cache once committed — so only this store may change deploys (one daemon per database).
+
+mod deploy_cache;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -17,6 +20,7 @@ use sqlx::{Row, SqliteConnection, SqlitePool};
 use super::auth::TokenCache;
 use super::config::QueuePolicy;
 use super::model::{AuditEntry, Deploy, DeployState, HostTiming, Scope, Stage, StageState, TokenInfo, stage_names};
+use deploy_cache::DeployCache;
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -101,6 +105,7 @@ pub struct Store {
     writer: SqlitePool,
     reader: SqlitePool,
     tokens: Arc<TokenCache>,
+    deploys: Arc<DeployCache>,
 }
 
 /// Read connections: enough for the API's handlers on a small machine (each has a thread).
@@ -116,11 +121,9 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10))
-            // Sorts and temporary tables in memory; 16 MB of page cache and 64 MB mapped per connection
-            // (address space, not memory used: pages are shared with the OS cache).
-            .pragma("temp_store", "memory")
-            .pragma("cache_size", "-16000")
-            .pragma("mmap_size", "67108864");
+            // Sorts and temporary tables in memory. A larger page cache or `mmap_size` made no difference the
+            // daemon benchmark could see, and a mapped database counts in the daemon's RSS.
+            .pragma("temp_store", "memory");
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(options.clone())
@@ -132,7 +135,7 @@ impl Store {
             .connect_with(options.read_only(true))
             .await
             .map_err(sql("be opened for reading"))?;
-        Ok(Store { writer, reader, tokens: Arc::default() })
+        Ok(Store { writer, reader, tokens: Arc::default(), deploys: Arc::default() })
     }
 
     pub async fn close(&self) {
@@ -200,21 +203,22 @@ impl Store {
             tx.commit().await.map_err(sql("commit the audit entry"))?;
             return Ok((deploy, false));
         };
+        let mut superseded: Vec<i64> = Vec::new();
         if policy == QueuePolicy::Latest {
-            sqlx::query(
+            superseded = sqlx::query_scalar(
                 "UPDATE deploys SET state = 'superseded', ended_at = ?1, error = ?2 \
                  WHERE service = ?3 AND destination IS ?4 AND state = 'queued' AND id <> ?5 \
                  AND (EXISTS (SELECT 1 FROM deploys r WHERE r.service = ?3 AND r.destination IS ?4 \
                               AND r.state = 'running') \
                       OR id <> (SELECT MIN(q.id) FROM deploys q WHERE q.service = ?3 AND q.destination IS ?4 \
-                                AND q.state = 'queued'))",
+                                AND q.state = 'queued')) RETURNING id",
             )
             .bind(&now)
             .bind(format!("superseded by deploy {id}"))
             .bind(&new.service)
             .bind(&new.destination)
             .bind(id)
-            .execute(&mut *tx)
+            .fetch_all(&mut *tx)
             .await
             .map_err(sql("supersede queued deploys"))?;
         }
@@ -239,14 +243,26 @@ impl Store {
         if let Some(audit) = audit {
             insert_audit(&mut tx, &deploy.created_at, audit, &(audit.target)(&deploy)).await?;
         }
-        tx.commit().await.map_err(sql("commit the deploy"))?;
+        let committed = tx.commit().await;
+        for id in superseded {
+            self.deploys.changed(id);
+        }
+        committed.map_err(sql("commit the deploy"))?;
         Ok((deploy, true))
     }
 
     /// A deploy with its stage timeline, or None.
     pub async fn deploy(&self, id: i64) -> Result<Option<Deploy>, StoreError> {
+        if let Some(deploy) = self.deploys.get(id) {
+            return Ok(Some(deploy));
+        }
+        let generation = self.deploys.generation();
         let mut connection = self.reader.acquire().await.map_err(sql("read a deploy"))?;
-        read_deploy(&mut connection, id).await
+        let deploy = read_deploy(&mut connection, id).await?;
+        if let Some(deploy) = &deploy {
+            self.deploys.put(deploy, generation);
+        }
+        Ok(deploy)
     }
 
     /// Deploys, newest first (without their stages).
@@ -305,9 +321,9 @@ impl Store {
         .bind(now())
         .bind(id)
         .execute(&self.writer)
-        .await
-        .map_err(sql("claim a deploy"))?;
-        Ok(done.rows_affected() == 1)
+        .await;
+        self.deploys.changed(id);
+        Ok(done.map_err(sql("claim a deploy"))?.rows_affected() == 1)
     }
 
     pub async fn running_count(&self) -> Result<i64, StoreError> {
@@ -319,13 +335,14 @@ impl Store {
 
     /// Records what the runner resolved: the version deployed and the commit it came from.
     pub async fn set_resolved(&self, id: i64, version: &str, commit: Option<&str>) -> Result<(), StoreError> {
-        sqlx::query("UPDATE deploys SET version = ?, git_commit = COALESCE(?, git_commit) WHERE id = ?")
+        let done = sqlx::query("UPDATE deploys SET version = ?, git_commit = COALESCE(?, git_commit) WHERE id = ?")
             .bind(version)
             .bind(commit)
             .bind(id)
             .execute(&self.writer)
-            .await
-            .map_err(sql("record the deploy's version"))?;
+            .await;
+        self.deploys.changed(id);
+        done.map_err(sql("record the deploy's version"))?;
         Ok(())
     }
 
@@ -353,7 +370,9 @@ impl Store {
                 .map_err(sql("end a deploy's stages"))?;
             }
         }
-        tx.commit().await.map_err(sql("commit the deploy's end"))?;
+        let committed = tx.commit().await;
+        self.deploys.changed(id);
+        committed.map_err(sql("commit the deploy's end"))?;
         Ok(())
     }
 
@@ -437,7 +456,9 @@ impl Store {
                 .await
                 .map_err(sql("record the current stage"))?;
         }
-        tx.commit().await.map_err(sql("commit a stage change"))?;
+        let committed = tx.commit().await;
+        self.deploys.changed(id);
+        committed.map_err(sql("commit a stage change"))?;
         Ok(())
     }
 
@@ -450,12 +471,13 @@ impl Store {
         .bind(now())
         .bind(id)
         .execute(&self.writer)
-        .await
-        .map_err(sql("cancel a deploy"))?;
-        Ok(done.rows_affected() == 1)
+        .await;
+        self.deploys.changed(id);
+        Ok(done.map_err(sql("cancel a deploy"))?.rows_affected() == 1)
     }
 
-    /// Records that a running deploy was asked to stop.
+    /// Records that a running deploy was asked to stop (`cancel_requested` is not part of a deploy as read,
+    /// so the deploy cache is unaffected).
     pub async fn request_cancel(&self, id: i64) -> Result<(), StoreError> {
         sqlx::query("UPDATE deploys SET cancel_requested = 1 WHERE id = ? AND state = 'running'")
             .bind(id)
@@ -467,6 +489,12 @@ impl Store {
 
     /// At start: deploys left `running` by a daemon that stopped become `interrupted`. Returns them.
     pub async fn interrupt_running(&self, error: &str) -> Result<Vec<Deploy>, StoreError> {
+        let result = self.mark_interrupted(error).await;
+        self.deploys.changed_all();
+        result
+    }
+
+    async fn mark_interrupted(&self, error: &str) -> Result<Vec<Deploy>, StoreError> {
         let rows = sqlx::query(audited(format!(
             "UPDATE deploys SET state = 'interrupted', ended_at = ?, error = ? WHERE state = 'running' \
              RETURNING {DEPLOY_COLUMNS}"
@@ -897,6 +925,37 @@ mod tests {
         store.finish(running.id, DeployState::Failed, Some("failed")).await.unwrap();
         let runnable: Vec<i64> = store.runnable(3).await.unwrap().iter().map(|d| d.id).collect();
         assert_eq!(runnable, queued[..3]);
+    }
+
+    #[tokio::test]
+    async fn a_deploy_read_again_after_each_change_shows_the_change() {
+        let (store, _dir) = store().await;
+        let read = |id: i64| {
+            let store = store.clone();
+            async move { store.deploy(id).await.unwrap().unwrap() }
+        };
+        let (a, _) = store.insert_deploy(&request("app"), QueuePolicy::Latest).await.unwrap();
+        assert_eq!(read(a.id).await.state, DeployState::Queued);
+        store.claim(a.id).await.unwrap();
+        assert_eq!(read(a.id).await.state, DeployState::Running);
+        store.set_resolved(a.id, "v2", Some("abc")).await.unwrap();
+        assert_eq!(read(a.id).await.commit.as_deref(), Some("abc"));
+        store.stage_changed(a.id, "pull", Some("h1"), StageChange::Started).await.unwrap();
+        assert_eq!(read(a.id).await.stage.as_deref(), Some("pull"));
+        let (b, _) = store.insert_deploy(&request("app"), QueuePolicy::Latest).await.unwrap();
+        assert_eq!(read(b.id).await.state, DeployState::Queued);
+        let (c, _) = store.insert_deploy(&request("app"), QueuePolicy::Latest).await.unwrap();
+        assert_eq!(read(b.id).await.state, DeployState::Superseded, "superseded by c while a runs");
+        assert!(store.cancel_queued(c.id).await.unwrap());
+        assert_eq!(read(c.id).await.state, DeployState::Cancelled);
+        store.finish(a.id, DeployState::Failed, Some("no")).await.unwrap();
+        let ended = read(a.id).await;
+        assert_eq!((ended.state, ended.stages[2].state), (DeployState::Failed, StageState::Failed));
+        let (d, _) = store.insert_deploy(&request("web"), QueuePolicy::Fifo).await.unwrap();
+        store.claim(d.id).await.unwrap();
+        assert_eq!(read(d.id).await.state, DeployState::Running);
+        store.interrupt_running("stopped").await.unwrap();
+        assert_eq!(read(d.id).await.state, DeployState::Interrupted);
     }
 
     #[tokio::test]
