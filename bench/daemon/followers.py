@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Follows one deploy's log with many SSE clients at once (for bench/daemon/run.sh).
 
-Opens N connections to GET /deploys/ID/logs (Accept: text/event-stream) with raw sockets (asyncio protocols,
-HTTP/1.1), waits until every one has its 200 answer, then creates the file the deploy's pre-connect hook
-waits for, so that every line the hook prints is published while all N follow. While following, a client
+Opens N connections to GET /deploys/ID/logs (Accept: text/event-stream) with raw sockets (HTTP/1.1, one epoll
+loop), waits until every one has its 200 answer and the lines stored so far, then creates the file the deploy's
+pre-connect hook waits for, so that every line the hook prints is published while all N follow. While following, a client
 only timestamps and keeps what arrives; the chunked bodies and their events are decoded afterwards.
 
 It samples the daemon's RSS meanwhile and, once every client has its `end` event, checks that each got every
@@ -17,11 +17,11 @@ Prints what it measured; exits 1 when a check fails.
 """
 
 import argparse
-import asyncio
 import bisect
 import datetime
 import os
-import encodings.idna  # noqa: F401  (urllib needs it after the run; loading it late failed with 1,000 sockets made)
+import select
+import socket
 import sqlite3
 import sys
 import time
@@ -33,41 +33,39 @@ def parse_at(text):
     return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
-class Follower(asyncio.Protocol):
+class Follower:
     """One SSE client. While following it only timestamps and keeps what arrives (so that a thousand of them
     on one CPU add little to the delays measured); the response is decoded afterwards ([`Follower.decode`])."""
 
-    def __init__(self, request, headed, done):
-        self.request = request
-        self.headed = headed
-        self.done = done
-        # Everything received, and when each piece ended (copied into one buffer: each piece asyncio hands over
-        # is its own 4 KB memory mapping, and 100,000 of them exceed the kernel's map count).
+    def __init__(self, sock):
+        self.sock = sock
+        # Everything received, and when each piece ended.
         self.raw = bytearray()
         self.ends = []  # (offset in raw where a piece ended, time)
+        self.closed = False
         self.events = []  # after decode: (id or None, event name or None, data, time received)
         self.ended = None
         self.lost = None
 
-    def connection_made(self, transport):
-        self.transport = transport
-        transport.write(self.request)
-
-    def data_received(self, data):
+    def read(self):
+        """Takes what the socket has; False once the connection is over (closed, or the end event came)."""
+        try:
+            data = self.sock.recv(65536)
+        except BlockingIOError:
+            return True
         now = time.time()
-        self.raw += data
-        self.ends.append((len(self.raw), now))
-        if not self.headed.done() and b"\r\n" in self.raw:
-            self.headed.set_result(self.raw.split(b"\r\n", 1)[0].decode("latin-1"))
-        tail = self.raw[-(len(data) + 16) :]
-        if b"event: end\n" in tail or b"event:end\n" in tail:
-            self.transport.close()
+        if data:
+            self.raw += data
+            self.ends.append((len(self.raw), now))
+            tail = self.raw[-(len(data) + 16) :]
+            if b"event: end\n" not in tail and b"event:end\n" not in tail:
+                return True
+        self.closed = True
+        return False
 
-    def connection_lost(self, exc):
-        if not self.headed.done():
-            self.headed.set_result("no answer")
-        if not self.done.done():
-            self.done.set_result(None)
+    def head(self):
+        end = self.raw.find(b"\r\n")
+        return None if end < 0 else self.raw[:end].decode("latin-1")
 
     def decode(self):
         """The response head, the chunked body, then its events, each with the time its last byte came."""
@@ -143,55 +141,77 @@ def rss_kb(pid):
     return int(fields["VmRSS"].split()[0]), int(fields["RssAnon"].split()[0])
 
 
-async def follow(args):
-    """Connects every client, lets the hook go, waits for every `end`; returns the clients and RSS figures."""
-    loop = asyncio.get_running_loop()
+def follow(args):
+    """Connects every client, lets the hook go, reads until every client has its `end` event; returns the
+    clients, or None when something failed."""
     request = (
         f"GET /deploys/{args.deploy}/logs HTTP/1.1\r\nHost: 127.0.0.1:{args.port}\r\n"
         f"Authorization: Bearer {args.token}\r\nAccept: text/event-stream\r\n\r\n"
     ).encode()
-    rss = {"max": 0, "max_anon": 0, "samples": 0}
-    sampling = True
-
-    async def sample():
-        while sampling:
-            total, anon = rss_kb(args.pid)
-            rss["max"] = max(rss["max"], total)
-            rss["max_anon"] = max(rss["max_anon"], anon)
-            rss["samples"] += 1
-            await asyncio.sleep(0.05)
-
-    sampler = asyncio.create_task(sample())
+    poller = select.epoll()
+    open_clients = {}  # fd -> Follower, until its connection is over
     clients = []
-    gate = asyncio.Semaphore(100)  # connects in flight (the listen backlog is finite)
+    rss = {"max": 0, "max_anon": 0, "samples": 0, "next": 0.0}
 
-    async def connect():
-        async with gate:
-            headed, done = loop.create_future(), loop.create_future()
-            client = Follower(request, headed, done)
-            clients.append(client)
-            await loop.create_connection(lambda: client, "127.0.0.1", int(args.port))
-            return await headed, done
+    def sample():
+        if time.time() >= rss["next"]:
+            total, anon = rss_kb(args.pid)
+            rss["max"], rss["max_anon"] = max(rss["max"], total), max(rss["max_anon"], anon)
+            rss["samples"] += 1
+            rss["next"] = time.time() + 0.05
+
+    def pump(until, deadline):
+        """Reads whatever arrives until `until()` holds; False at the deadline."""
+        while not until():
+            if time.time() > deadline:
+                return False
+            for fd, _ in poller.poll(0.05):
+                client = open_clients.get(fd)
+                if client is not None and not client.read():
+                    poller.unregister(fd)
+                    client.sock.close()
+                    del open_clients[fd]
+            sample()
+        return True
 
     started = time.time()
-    results = await asyncio.gather(*(connect() for _ in range(args.clients)))
-    bad = [status for status, _ in results if not status.startswith("HTTP/1.1 200")]
+    # In batches (the listen backlog is finite): a batch is in once every client of it has its answer's head.
+    for first in range(0, args.clients, 100):
+        batch = []
+        for _ in range(first, min(first + 100, args.clients)):
+            sock = socket.create_connection(("127.0.0.1", int(args.port)))
+            sock.sendall(request)
+            sock.setblocking(False)
+            client = Follower(sock)
+            clients.append(client)
+            batch.append(client)
+            open_clients[sock.fileno()] = client
+            poller.register(sock.fileno(), select.EPOLLIN)
+        if not pump(lambda: all(c.head() is not None or c.closed for c in batch), time.time() + 30):
+            print("FAIL: clients got no answer within 30 s")
+            return None
+    bad = [c.head() for c in clients if not (c.head() or "").startswith("HTTP/1.1 200")]
     print(f"clients connected: {args.clients - len(bad)} of {args.clients} in {time.time() - started:.2f} s")
     if bad:
         print(f"FAIL: {len(bad)} answers were not 200, e.g. {bad[0]!r}")
         return None
+    # Following means caught up: every client has the lines stored so far (each follower reads the store before
+    # it takes the live channel), and has had a moment for its last look at the store.
+    started = time.time()
+    stored = len(plain_log(args))
+    marker = f"id: {stored}\n".encode()
+    if stored and not pump(lambda: all(marker in c.raw for c in clients), started + 30):
+        print(f"FAIL: not every client got the {stored} lines stored before it connected within 30 s")
+        return None
+    pump(lambda: False, time.time() + 0.2)
+    print(f"clients caught up with the {stored} lines stored so far in {time.time() - started:.2f} s")
     connected = rss_kb(args.pid)
     cpu = cpu_seconds(args.pid), time.process_time()
     go = time.time()
     open(args.go, "w").close()
-    try:
-        await asyncio.wait_for(asyncio.gather(*(done for _, done in results)), timeout=args.timeout)
-    except asyncio.TimeoutError:
-        print(f"FAIL: not every client got the end event within {args.timeout} s")
+    if not pump(lambda: not open_clients, go + args.timeout):
+        print(f"FAIL: {len(open_clients)} clients did not get the end event within {args.timeout} s")
         return None
-    finally:
-        sampling = False
-        await sampler
     print(f"all clients had the end event {time.time() - go:.2f} s after the hook was let go")
     print(
         f"CPU meanwhile: the daemon {cpu_seconds(args.pid) - cpu[0]:.2f} s (its own, not the hook's processes), "
@@ -206,11 +226,16 @@ async def follow(args):
     return clients
 
 
-def check(args, clients):
-    """Every client got every stored line once, in order, then `end`; how late the last one was."""
+def plain_log(args):
+    """The deploy's log as text/plain, as lines."""
     url = f"http://127.0.0.1:{args.port}/deploys/{args.deploy}/logs"
     answer = urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": f"Bearer {args.token}"}))
-    lines = answer.read().decode().splitlines()
+    return answer.read().decode().splitlines()
+
+
+def check(args, clients):
+    """Every client got every stored line once, in order, then `end`; how late the last one was."""
+    lines = plain_log(args)
     db = sqlite3.connect(f"file:{args.db}?mode=ro", uri=True)
     stored = {
         seq: (parse_at(at), line)
@@ -258,6 +283,11 @@ def check(args, clients):
             f"last client's delay after the hook printed a line: "
             f"median {pick(printed, 0.5):.1f} ms, p99 {pick(printed, 0.99):.1f} ms, max {printed[-1]:.1f} ms"
         )
+        slowest = sorted(live, key=lambda seq: received[seq] - stored[seq][0])[-5:]
+        print(
+            "slowest lines (number: delay): "
+            + ", ".join(f"{seq}: {(received[seq] - stored[seq][0]) * 1000:.0f} ms" for seq in reversed(slowest))
+        )
         print(f"LAST_FOLLOWER_MAX_MS={late[-1]:.1f}")
     else:
         failures.append("no line of the hook reached the clients")
@@ -275,7 +305,7 @@ def main():
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--timeout", type=float, default=120)
     args = parser.parse_args()
-    clients = asyncio.run(follow(args))
+    clients = follow(args)
     return 1 if clients is None else check(args, clients)
 
 

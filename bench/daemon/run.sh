@@ -15,9 +15,9 @@
 #     each deploy, once the queue runs it, fails at its first step (`git clone` of the repository, one process).
 #     The queue runs them one after another *while* the load runs, as it would; most are still queued when the
 #     load ends (they are requests queued faster than any deploy runs), and drain after.
-#   - `follow` is the deploy the followers watch: its repository has a pre-connect hook that waits for the
-#     followers to be connected, then prints `follow-line N <time>` every 50 ms (100 lines); hook output is
-#     part of the deploy's log. The deploy then fails (its host, 127.0.0.1:1, cannot be reached), which ends
+#   - `follow` is the deploy the followers watch: its repository has a pre-connect hook that waits until the
+#     followers are connected and have the lines already stored, then prints `follow-line N <time>` every 50 ms
+#     (100 lines); hook output is part of the deploy's log. The deploy then fails (its host, 127.0.0.1:1, cannot be reached), which ends
 #     the stream with an `end` event.
 #
 # Usage: bench/daemon/run.sh [seconds] [connections] [followers]
@@ -101,7 +101,7 @@ echo
 echo "== $followers SSE clients following one deploy"
 follow_id=$(api -X POST -H 'Content-Type: application/json' -d '{"service":"follow","version":"v1"}' \
     "http://127.0.0.1:$port/deploys" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-taskset -c 0 python3 ${FOLLOWERS:-"$repo/bench/daemon/followers.py"} --port "$port" --token "$token" --deploy "$follow_id" \
+taskset -c 0 python3 "$repo/bench/daemon/followers.py" --port "$port" --token "$token" --deploy "$follow_id" \
     --clients "$followers" --go "$work/go" --pid "$pid" --db "$work/data/berth.sqlite" | tee "$work/followers.txt"
 follow_ok=${PIPESTATUS[0]}
 last_ms=$(awk -F= '/^LAST_FOLLOWER_MAX_MS=/ {print $2}' "$work/followers.txt")
