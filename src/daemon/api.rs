@@ -319,31 +319,10 @@ fn new_deploy(
     destination: Option<String>,
     reason: Option<String>,
 ) -> Result<NewDeploy, ApiError> {
-    let Some(config) = state.config.services.get(&service) else {
+    if !state.config.services.contains_key(&service) {
         return Err(ApiError::new(StatusCode::NOT_FOUND, unknown_service(&state.config, &service)));
-    };
-    match (&destination, config.destinations.is_empty()) {
-        (None, false) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("service `{service}` has destinations: name one of {}", config.destinations.join(", ")),
-            ));
-        }
-        (Some(destination), _) if !config.destinations.contains(destination) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "`{destination}` is not a destination of `{service}`{}",
-                    if config.destinations.is_empty() {
-                        " (it has none: leave `destination` out)".to_string()
-                    } else {
-                        format!(" (it has {})", config.destinations.join(", "))
-                    }
-                ),
-            ));
-        }
-        _ => {}
     }
+    check_destination(state, &service, &destination)?;
     let idempotency_key = match headers.get("idempotency-key") {
         Some(value) => match value.to_str() {
             Ok(key) if !key.is_empty() && key.len() <= 200 => Some(format!("{}:{key}", caller.token.id)),
@@ -707,9 +686,17 @@ fn check_destination(state: &AppState, service: &str, destination: &Option<Strin
             StatusCode::BAD_REQUEST,
             format!("service `{service}` has destinations: name one of {}", config.destinations.join(", ")),
         )),
-        Some(destination) if !config.destinations.contains(destination) => {
-            Err(ApiError::new(StatusCode::BAD_REQUEST, format!("`{destination}` is not a destination of `{service}`")))
-        }
+        Some(destination) if !config.destinations.contains(destination) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "`{destination}` is not a destination of `{service}`{}",
+                if config.destinations.is_empty() {
+                    " (it has none: leave `destination` out)".to_string()
+                } else {
+                    format!(" (it has {})", config.destinations.join(", "))
+                }
+            ),
+        )),
         _ => Ok(()),
     }
 }

@@ -128,7 +128,8 @@ impl Answer {
     }
 }
 
-fn parse_events(text: &str) -> Vec<(Option<i64>, String, String)> {
+/// The events of a server-sent event stream: (id, event, data).
+pub(crate) fn parse_events(text: &str) -> Vec<(Option<i64>, String, String)> {
     let mut events = Vec::new();
     for block in text.split("\n\n").filter(|block| !block.trim().is_empty()) {
         let (mut id, mut event, mut data) = (None, "message".to_string(), Vec::new());

@@ -160,23 +160,7 @@ impl Served {
         }
         let (status, text) = self.curl("GET", &format!("/deploys/{id}/logs"), None, &extra);
         assert_eq!(status, 200, "{text}");
-        let mut events = Vec::new();
-        for block in text.split("\n\n").filter(|block| !block.trim().is_empty()) {
-            let (mut id, mut event, mut data) = (None, "message".to_string(), Vec::new());
-            for line in block.lines() {
-                if let Some(value) = line.strip_prefix("id:") {
-                    id = value.trim().parse().ok();
-                } else if let Some(value) = line.strip_prefix("event:") {
-                    event = value.trim().to_string();
-                } else if let Some(value) = line.strip_prefix("data:") {
-                    data.push(value.strip_prefix(' ').unwrap_or(value).to_string());
-                }
-            }
-            if id.is_some() || !data.is_empty() {
-                events.push((id, event, data.join("\n")));
-            }
-        }
-        events
+        crate::daemon::parse_events(&text)
     }
 }
 
