@@ -632,8 +632,12 @@ pub struct ServiceSummary {
     pub queue: String,
     /// The service's newest deploy.
     pub last_deploy: Option<Deploy>,
-    /// What runs where, as the last deploy left it (per host and role).
+    /// What runs on each host, per role (and destination), as the hosts answered.
     pub hosts: Vec<ServiceHost>,
+    /// Why the hosts could not be read (the service's configuration could not be read, or they did not
+    /// answer in time); `hosts` then lists what the last deploy left, as `unreachable`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hosts_error: Option<String>,
 }
 
 /// A host of a service.
@@ -641,9 +645,11 @@ pub struct ServiceSummary {
 pub struct ServiceHost {
     pub host: String,
     pub role: Option<String>,
+    /// The destination the host belongs to (for a service with destinations).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
     pub version: Option<String>,
-    /// `GET /services/{name}`: `running`, `stopped` or `unreachable`, as the host answered now;
-    /// `GET /services`: the state of the last deploy on that host.
+    /// `running`, `stopped` (no container of the role runs) or `unreachable`, as the host answered.
     pub state: String,
     /// Why the host did not answer.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -754,19 +760,67 @@ async fn set_maintenance(
     Ok(Json(MaintenanceAnswer { service: name, mode: mode.to_string(), output }))
 }
 
-/// The services the daemon deploys.
+/// The services the daemon deploys, with what each of their hosts runs (read from the hosts, every service
+/// and destination at once; a read at most 15 s old is reused unless one of the service's deploys changed
+/// state since).
 #[utoipa::path(get, path = "/services",
     responses((status = 200, body = [ServiceSummary]), (status = 401, body = Problem)), security(("bearer" = [])))]
 async fn list_services(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<ServiceSummary>>, ApiError> {
     caller.require(Scope::Read, caller.token.service.clone().as_deref())?;
-    let mut services = Vec::new();
-    for name in state.config.services.keys() {
-        if caller.token.service.as_ref().is_some_and(|only| only != name) {
-            continue;
+    let names = state
+        .config
+        .services
+        .keys()
+        .filter(|name| caller.token.service.as_ref().is_none_or(|only| only == *name))
+        .cloned()
+        .collect::<Vec<_>>();
+    let summaries = futures_util::future::join_all(names.iter().map(|name| async {
+        let mut summary = service_summary(&state, name).await?;
+        let deploys_seen =
+            summary.last_deploy.as_ref().map_or(String::new(), |last| format!("{} {}", last.id, last.state.name()));
+        let destinations = match summary.destinations.as_slice() {
+            [] => vec![None],
+            some => some.iter().cloned().map(Some).collect(),
+        };
+        let reads = futures_util::future::join_all(
+            destinations
+                .iter()
+                .map(|destination| state.hosts.recent_status(name, destination.clone(), deploys_seen.clone())),
+        )
+        .await;
+        let last_hosts = std::mem::take(&mut summary.hosts);
+        for (destination, read) in destinations.into_iter().zip(reads) {
+            match read {
+                Ok(hosts) => summary.hosts.extend(hosts.into_iter().map(|host| live_host(host, destination.clone()))),
+                Err(error) => {
+                    // What the last deploy left, marked as not read now, and why.
+                    summary.hosts.extend(last_hosts.iter().map(|host| ServiceHost {
+                        host: host.host.clone(),
+                        role: None,
+                        destination: destination.clone(),
+                        version: host.version.clone(),
+                        state: "unreachable".to_string(),
+                        error: Some(error.clone()),
+                    }));
+                    summary.hosts_error.get_or_insert(error);
+                }
+            }
         }
-        services.push(service_summary(&state, name).await?);
+        Ok::<_, ApiError>(summary)
+    }))
+    .await;
+    Ok(Json(summaries.into_iter().collect::<Result<Vec<_>, _>>()?))
+}
+
+fn live_host(host: super::hosts::HostStatus, destination: Option<String>) -> ServiceHost {
+    ServiceHost {
+        host: host.host,
+        role: Some(host.role),
+        destination,
+        version: host.version,
+        state: host.state,
+        error: host.error,
     }
-    Ok(Json(services))
 }
 
 /// One service, with what each of its hosts runs now (read from the hosts over SSH).
@@ -787,19 +841,10 @@ async fn get_service(
     check_destination(&state, &name, &query.destination)?;
     let mut summary = service_summary(&state, &name).await?;
     let hosts =
-        state.hosts.status(&name, query.destination).await.map_err(|error| {
+        state.hosts.status(&name, query.destination.clone()).await.map_err(|error| {
             ApiError::new(StatusCode::BAD_GATEWAY, format!("reading the hosts of `{name}`: {error}"))
         })?;
-    summary.hosts = hosts
-        .into_iter()
-        .map(|host| ServiceHost {
-            host: host.host,
-            role: Some(host.role),
-            version: host.version,
-            state: host.state,
-            error: host.error,
-        })
-        .collect();
+    summary.hosts = hosts.into_iter().map(|host| live_host(host, query.destination.clone())).collect();
     Ok(Json(summary))
 }
 
@@ -815,6 +860,7 @@ async fn service_summary(state: &AppState, name: &str) -> Result<ServiceSummary,
             hosts.push(ServiceHost {
                 host: host.host.clone(),
                 role: None,
+                destination: full.destination.clone(),
                 version: full.version.clone(),
                 state: full.state.name().to_string(),
                 error: None,
@@ -829,6 +875,7 @@ async fn service_summary(state: &AppState, name: &str) -> Result<ServiceSummary,
         queue: config.queue.name().to_string(),
         last_deploy,
         hosts,
+        hosts_error: None,
     })
 }
 

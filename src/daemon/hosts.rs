@@ -1,11 +1,13 @@
-//! A service's hosts outside the queue: what each runs now (`GET /services/{name}`), and maintenance mode
-//! (`POST /services/{name}/maintenance`, `/live`) — the engine over SSH, with the service's configuration at
-//! its branch's head, as the command line's `app version` and `app maintenance|live` do.
+//! A service's hosts outside the queue: what each runs now (`GET /services`, `GET /services/{name}`), and
+//! maintenance mode (`POST /services/{name}/maintenance`, `/live`) — the engine over SSH, with the service's
+//! configuration at its branch's head, as the command line's `app version` and `app maintenance|live` do.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use indexmap::IndexMap;
 use serde::Serialize;
@@ -29,17 +31,61 @@ pub struct HostStatus {
     pub error: Option<String>,
 }
 
+/// How long a read of a service's hosts answers the service list (a dashboard polling every few seconds
+/// must not open SSH connections to every host each time); a deploy that changed state since reads again.
+pub const STATUS_FRESH_FOR: Duration = Duration::from_secs(15);
+
+/// How long one read of a service's hosts may take before the list shows its hosts as not answering.
+pub const STATUS_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+type StatusRead = Result<Vec<HostStatus>, String>;
+
+/// The last read of one service and destination, behind a lock held while it is read again.
+type ReadSlot = Arc<tokio::sync::Mutex<Option<LastRead>>>;
+
+/// The last read of one service and destination: when, what the service's deploys looked like then (so a
+/// deploy that changed state makes it stale), and what the hosts said.
+struct LastRead {
+    at: Instant,
+    deploys_seen: String,
+    read: StatusRead,
+}
+
 /// The engine on a service's hosts, for the API's reads and maintenance.
 pub struct ServiceHosts {
     services: Arc<IndexMap<String, ServiceConfig>>,
     data_dir: PathBuf,
     env: Environment,
     next: AtomicU64,
+    /// Per (service, destination): one read at a time (concurrent list requests wait for it and share it).
+    last_reads: Mutex<HashMap<(String, Option<String>), ReadSlot>>,
 }
 
 impl ServiceHosts {
     pub fn new(services: Arc<IndexMap<String, ServiceConfig>>, data_dir: PathBuf, env: Environment) -> ServiceHosts {
-        ServiceHosts { services, data_dir, env, next: AtomicU64::new(0) }
+        ServiceHosts { services, data_dir, env, next: AtomicU64::new(0), last_reads: Mutex::default() }
+    }
+
+    /// What the hosts ran at most [`STATUS_FRESH_FOR`] ago, unless `deploys_seen` (the caller's summary of the
+    /// service's deploys) changed since: then, and otherwise, read now (within [`STATUS_READ_TIMEOUT`]).
+    pub async fn recent_status(&self, service: &str, destination: Option<String>, deploys_seen: String) -> StatusRead {
+        let slot = {
+            let mut reads = self.last_reads.lock().unwrap_or_else(|poison| poison.into_inner());
+            Arc::clone(reads.entry((service.to_string(), destination.clone())).or_default())
+        };
+        let mut last = slot.lock().await;
+        if let Some(read) = last.as_ref()
+            && read.at.elapsed() < STATUS_FRESH_FOR
+            && read.deploys_seen == deploys_seen
+        {
+            return read.read.clone();
+        }
+        let read = match tokio::time::timeout(STATUS_READ_TIMEOUT, self.status(service, destination)).await {
+            Ok(read) => read,
+            Err(_) => Err(format!("the hosts did not answer within {} s", STATUS_READ_TIMEOUT.as_secs())),
+        };
+        *last = Some(LastRead { at: Instant::now(), deploys_seen, read: read.clone() });
+        read
     }
 
     /// What every app host of the service runs now, per role.

@@ -1005,4 +1005,35 @@ mod tests {
         let lines = store.lines_after(deploy.id, 1, 100).await.unwrap();
         assert_eq!(lines, [(2, "two".to_string()), (3, "three".to_string())]);
     }
+
+    #[tokio::test]
+    async fn retention_deletes_the_logs_of_deploys_ended_before_the_cutoff_and_keeps_the_deploys() {
+        let (store, _dir) = store().await;
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let (deploy, _) = store.insert_deploy(&request("app"), QueuePolicy::Fifo).await.unwrap();
+            ids.push(deploy.id);
+        }
+        let (old, recent, running) = (ids[0], ids[1], ids[2]);
+        for id in [old, recent] {
+            store.claim(id).await.unwrap();
+            store.append_lines(id, &[(1, format!("line of {id}"))]).await.unwrap();
+            store.finish(id, DeployState::Succeeded, None).await.unwrap();
+        }
+        store.claim(running).await.unwrap();
+        store.append_lines(running, &[(1, "still running".into())]).await.unwrap();
+        // The first one ended long ago (as if years of deploys had passed since).
+        sqlx::query("UPDATE deploys SET ended_at = '2020-01-01T00:00:00.000Z' WHERE id = ?")
+            .bind(old)
+            .execute(&store.writer)
+            .await
+            .unwrap();
+        assert_eq!(store.prune_logs("2021-01-01T00:00:00.000Z").await.unwrap(), 1);
+        assert_eq!(store.lines_after(recent, 0, 10).await.unwrap().len(), 1, "a recent deploy keeps its log");
+        assert!(store.lines_after(old, 0, 10).await.unwrap().is_empty());
+        assert_eq!(store.lines_after(running, 0, 10).await.unwrap().len(), 1, "a running deploy keeps its log");
+        assert_eq!(store.deploy(old).await.unwrap().unwrap().state, DeployState::Succeeded, "the deploy is kept");
+        // Nothing ended before the epoch: nothing more goes.
+        assert_eq!(store.prune_logs("1970-01-01T00:00:00Z").await.unwrap(), 0);
+    }
 }

@@ -91,6 +91,14 @@ impl Served {
         }
     }
 
+    /// SIGTERM, as systemd stops the daemon; waits (generously) for it to exit and returns its status.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the daemon runs");
+        let sent = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(sent.success());
+        Bench::wait_for("the daemon to exit after SIGTERM", Duration::from_secs(180), || child.try_wait().unwrap())
+    }
+
     fn serve_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
     }
@@ -287,22 +295,30 @@ fn the_daemon_deploys_to_two_hosts_builds_a_ref_cancels_mid_boot_and_survives_a_
     }
     assert_eq!(version_served(&h1), "v1");
     assert_eq!(version_served(&h2), "v1");
-    // What runs where, read from the hosts now.
+    // What runs where, read from the hosts now: the service, and the list of services.
+    let hosts_of = |service: &serde_json::Value| {
+        let mut hosts: Vec<(String, String, String, String)> = service["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                let text = |key: &str| h[key].as_str().unwrap_or_default().to_string();
+                (text("host"), text("role"), text("version"), text("state"))
+            })
+            .collect();
+        hosts.sort();
+        hosts
+    };
+    let row = |host: &Host| (host.ip.clone(), "web".to_string(), "v1".to_string(), "running".to_string());
     let (status, answer) = daemon.curl("GET", "/services/app", None, &[]);
     assert_eq!(status, 200, "{answer}");
     let service = json(&answer);
-    let mut hosts: Vec<(String, String, String, String)> = service["hosts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| {
-            let text = |key: &str| h[key].as_str().unwrap_or_default().to_string();
-            (text("host"), text("role"), text("version"), text("state"))
-        })
-        .collect();
-    hosts.sort();
-    let row = |host: &Host| (host.ip.clone(), "web".to_string(), "v1".to_string(), "running".to_string());
-    assert_eq!(hosts, [row(&h1), row(&h2)], "{service:#}");
+    assert_eq!(hosts_of(&service), [row(&h1), row(&h2)], "{service:#}");
+    let (status, answer) = daemon.curl("GET", "/services", None, &[]);
+    assert_eq!(status, 200, "{answer}");
+    let services = json(&answer);
+    assert_eq!(hosts_of(&services[0]), [row(&h1), row(&h2)], "{services:#}");
+    assert_eq!(services[0]["last_deploy"]["id"], first, "{services:#}");
 
     // Maintenance: the proxies answer 503 with the message; live again after.
     let (status, answer) = daemon.curl("POST", "/services/app/maintenance", Some(r#"{"message":"Back at noon"}"#), &[]);
@@ -415,12 +431,34 @@ fn the_daemon_deploys_to_two_hosts_builds_a_ref_cancels_mid_boot_and_survives_a_
     assert_eq!(version_served(&h1), "v1");
     assert_eq!(version_served(&h2), "v1");
 
+    // SIGTERM while a deploy boots: no new work, the running deploy stopped at a safe point and rolled back,
+    // then the daemon exits cleanly; hosts keep what they ran and no lock is left.
+    let stopped = daemon.deploy(r#"{"service":"app","version":"slow"}"#);
+    daemon.wait_until(stopped, "booting", Duration::from_secs(120), |deploy| {
+        deploy["state"] == "running" && ["boot", "healthcheck"].contains(&deploy["stage"].as_str().unwrap_or_default())
+    });
+    let status = daemon.terminate();
+    assert!(status.success(), "berth serve exits 0 after SIGTERM: {status:?}\n{}", daemon.serve_log());
+    assert!(daemon.serve_log().contains("berth serve: stopped"), "{}", daemon.serve_log());
+    assert_eq!(version_served(&h1), "v1");
+    assert_eq!(version_served(&h2), "v1");
+    let lock = bench.ssh(&h1, "ls -d .kamal/lock-* 2>/dev/null");
+    assert!(String::from_utf8_lossy(&lock.stdout).trim().is_empty(), "the stopped deploy released its lock");
+    daemon.start();
+    let deploy = daemon.get_deploy(stopped);
+    let log = daemon.curl("GET", &format!("/deploys/{stopped}/logs"), None, &[]).1;
+    assert_eq!(deploy["state"], "interrupted", "{deploy:#}\n{log}");
+    assert!(deploy["error"].as_str().unwrap().contains("rolled back"), "{deploy:#}");
+    let resumed = daemon.deploy(r#"{"service":"app","version":"v2"}"#);
+    assert_eq!(daemon.wait_end(resumed)["state"], "succeeded");
+    assert_eq!(version_served(&h1), "v2");
+
     let results = load.finish();
     assert!(results.failures.is_empty(), "requests failed: {:#?}", results.failures);
     assert!(results.ok > 50, "{results:?}");
 
     // No secret in the API's answers, the logs or the daemon's database.
-    for id in [first, built, slow, next, killed, after] {
+    for id in [first, built, slow, next, killed, after, stopped, resumed] {
         let (_, log) = daemon.curl("GET", &format!("/deploys/{id}/logs"), None, &[]);
         assert!(!log.contains(SECRET_TOKEN) && !log.contains(&bench.registry().password()), "deploy {id}'s log");
     }
