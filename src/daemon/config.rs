@@ -13,6 +13,11 @@
 //!     secrets: /etc/berth/myapp # stands in for the repository's .kamal/ (secrets, secrets-common, …)
 //!     queue: latest             # or fifo
 //! ```
+//!
+//! The integration keys (`github`, `notify`, `slack`, `secrets`, `public_url`, `badges`) are in
+//! [`integrations`].
+
+pub mod integrations;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,6 +27,7 @@ use indexmap::IndexMap;
 use yaml_serde::Value;
 
 use crate::config::schema::Problem;
+pub use integrations::{GithubConfig, NotifyConfig, NotifyEvent, NotifyTarget, SlackConfig};
 
 /// The configuration file used when none is named.
 pub const DEFAULT_FILE: &str = "berth.yml";
@@ -41,6 +47,15 @@ pub struct DaemonConfig {
     pub stage_timeout: Duration,
     /// Log lines of deploys older than this are deleted (the deploys themselves are kept).
     pub log_retention: Duration,
+    /// The daemon-wide dotenv file of integration secrets (Slack's, and a fallback for the services').
+    pub secrets: Option<PathBuf>,
+    /// Slack slash commands, when configured.
+    pub slack: Option<SlackConfig>,
+    /// The daemon's address as users reach it (links in statuses, notifications, Slack); default
+    /// `http://LISTEN`.
+    pub public_url: Option<String>,
+    /// `GET /badges/{service}.svg` answers without a token (default true).
+    pub badges: bool,
 }
 
 /// One service the daemon deploys.
@@ -56,6 +71,10 @@ pub struct ServiceConfig {
     /// The directory whose `secrets*` files stand in for the repository's `.kamal/` (never the repository's).
     pub secrets: Option<PathBuf>,
     pub queue: QueuePolicy,
+    /// Deploys on pushes, statuses back (`github:`).
+    pub github: Option<GithubConfig>,
+    /// Where the service's deploy events are sent (`notify:`).
+    pub notify: Vec<NotifyConfig>,
 }
 
 /// What happens to queued deploys of a service when another request arrives.
@@ -95,9 +114,20 @@ fn invalid_message(path: &Path, problems: &[Problem]) -> String {
     text
 }
 
-const TOP_LEVEL_KEYS: [&str; 7] =
-    ["listen", "data_dir", "services", "max_concurrent_deploys", "deploy_timeout", "stage_timeout", "log_retention"];
-const SERVICE_KEYS: [&str; 6] = ["repo", "branch", "config", "destinations", "secrets", "queue"];
+const TOP_LEVEL_KEYS: [&str; 11] = [
+    "listen",
+    "data_dir",
+    "services",
+    "max_concurrent_deploys",
+    "deploy_timeout",
+    "stage_timeout",
+    "log_retention",
+    "secrets",
+    "slack",
+    "public_url",
+    "badges",
+];
+const SERVICE_KEYS: [&str; 8] = ["repo", "branch", "config", "destinations", "secrets", "queue", "github", "notify"];
 
 impl DaemonConfig {
     /// The configuration without a file: no services, everything else by default, paths relative to `cwd`.
@@ -111,6 +141,10 @@ impl DaemonConfig {
             deploy_timeout: Duration::from_secs(60 * 60),
             stage_timeout: Duration::from_secs(30 * 60),
             log_retention: Duration::from_secs(90 * 24 * 60 * 60),
+            secrets: None,
+            slack: None,
+            public_url: None,
+            badges: true,
         }
     }
 
@@ -183,6 +217,31 @@ impl DaemonConfig {
                         Some("seconds, or a number with s, m, h or d: 90s, 30m, 1h, 30d"),
                     )),
                 },
+                "secrets" => match value.as_str() {
+                    Some(file) if !file.is_empty() => config.secrets = Some(clean(&base.join(file))),
+                    _ => problems.push(problem(
+                        "secrets",
+                        format!("must be the path of a dotenv file, found {}", show(value)),
+                        Some("NAME=value lines, as in .kamal/secrets; e.g. /etc/berth/daemon.env"),
+                    )),
+                },
+                "slack" => config.slack = integrations::parse_slack(value, &mut problems),
+                "public_url" => match value.as_str() {
+                    Some(url) if url.starts_with("https://") || url.starts_with("http://") => {
+                        config.public_url = Some(url.trim_end_matches('/').to_string())
+                    }
+                    _ => problems.push(problem(
+                        "public_url",
+                        format!("must be an http(s) URL, found {}", show(value)),
+                        Some("the address people and GitHub reach the daemon at, e.g. https://deploy.example.com"),
+                    )),
+                },
+                "badges" => match value.as_bool() {
+                    Some(flag) => config.badges = flag,
+                    None => {
+                        problems.push(problem("badges", format!("must be true or false, found {}", show(value)), None))
+                    }
+                },
                 "services" => match value {
                     Value::Mapping(services) => {
                         for (name, service) in services {
@@ -215,6 +274,19 @@ impl DaemonConfig {
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("berth.sqlite")
     }
+
+    /// The base of links to the daemon (its dashboard pages), without a trailing slash.
+    pub fn public_url(&self) -> String {
+        match &self.public_url {
+            Some(url) => url.clone(),
+            None => format!("http://{}", self.listen),
+        }
+    }
+
+    /// The link to a deploy's dashboard page.
+    pub fn deploy_url(&self, id: i64) -> String {
+        format!("{}/ui/deploys/{id}", self.public_url())
+    }
 }
 
 fn parse_service(name: &str, value: &Value, base: &Path, problems: &mut Vec<Problem>) -> Option<ServiceConfig> {
@@ -232,6 +304,8 @@ fn parse_service(name: &str, value: &Value, base: &Path, problems: &mut Vec<Prob
         destinations: Vec::new(),
         secrets: None,
         queue: QueuePolicy::Latest,
+        github: None,
+        notify: Vec::new(),
     };
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
         problems.push(problem(
@@ -297,8 +371,14 @@ fn parse_service(name: &str, value: &Value, base: &Path, problems: &mut Vec<Prob
                     Some("latest: a new request supersedes queued ones; fifo: every request runs, in order"),
                 )),
             },
+            // After the loop: its default branches are the service's branch.
+            "github" => {}
+            "notify" => service.notify = integrations::parse_notify(&at(key), value, problems),
             unknown => problems.push(unknown_key(&format!("services/{name}"), unknown, &SERVICE_KEYS)),
         }
+    }
+    if let Some(github) = map.get(Value::from("github")) {
+        service.github = integrations::parse_github(&at("github"), &service.branch, github, problems);
     }
     if service.repo.is_empty() && !map.contains_key(Value::from("repo")) {
         problems.push(problem(
@@ -381,7 +461,9 @@ fn show(value: &Value) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::integrations::GITHUB_API;
     use super::*;
+    use crate::daemon::model::Scope;
 
     fn parse(text: &str) -> Result<DaemonConfig, DaemonConfigError> {
         DaemonConfig::parse(text, Path::new("/etc/berth/berth.yml"), Path::new("/etc/berth"))
@@ -419,6 +501,93 @@ mod tests {
         let local = &config.services["local"];
         assert_eq!(local.repo, "/etc/berth/../code/local");
         assert_eq!((local.branch.as_str(), local.queue), ("main", QueuePolicy::Latest));
+    }
+
+    #[test]
+    fn integrations_name_their_secrets_and_default_to_the_service_branch() {
+        let config = parse(concat!(
+            "secrets: daemon.env\n",
+            "public_url: https://deploy.example.com/\n",
+            "badges: false\n",
+            "slack:\n",
+            "  signing_secret: SLACK_SIGNING_SECRET\n",
+            "  users: {U1: read, U2: admin}\n",
+            "services:\n",
+            "  app:\n",
+            "    repo: ./app\n",
+            "    github:\n",
+            "      repository: me/app\n",
+            "      webhook_secret: HOOK\n",
+            "    branch: release\n",
+            "    notify:\n",
+            "      - url: https://hooks.example.com/x\n",
+            "        secret: NOTIFY\n",
+            "        events: [succeeded, failed]\n",
+            "      - slack_webhook: SLACK_URL\n",
+        ))
+        .unwrap();
+        assert_eq!(config.secrets.as_deref(), Some(Path::new("/etc/berth/daemon.env")));
+        assert_eq!(config.public_url(), "https://deploy.example.com");
+        assert_eq!(config.deploy_url(7), "https://deploy.example.com/ui/deploys/7");
+        assert!(!config.badges);
+        let slack = config.slack.as_ref().unwrap();
+        assert_eq!(slack.signing_secret, "SLACK_SIGNING_SECRET");
+        assert_eq!(slack.users["U2"], Scope::Admin);
+        let app = &config.services["app"];
+        let github = app.github.as_ref().unwrap();
+        assert_eq!((github.repository.as_str(), github.branches.as_slice()), ("me/app", &["release".to_string()][..]));
+        assert_eq!((github.api_url.as_str(), github.token.as_deref(), github.deployments), (GITHUB_API, None, false));
+        assert_eq!(app.notify.len(), 2);
+        assert_eq!(
+            app.notify[0],
+            NotifyConfig {
+                target: NotifyTarget::Webhook {
+                    url: "https://hooks.example.com/x".into(),
+                    secret: Some("NOTIFY".into())
+                },
+                events: vec![NotifyEvent::Succeeded, NotifyEvent::Failed],
+            }
+        );
+        assert_eq!(app.notify[1].target, NotifyTarget::Slack { webhook: "SLACK_URL".into() });
+        assert_eq!(app.notify[1].events, NotifyEvent::ALL);
+        assert_eq!(parse("").unwrap().public_url(), "http://127.0.0.1:7420");
+    }
+
+    #[test]
+    fn integration_problems_are_reported_with_their_paths_and_never_show_a_secret() {
+        let error = parse(concat!(
+            "slack:\n",
+            "  users: {U1: owner}\n",
+            "services:\n",
+            "  app:\n",
+            "    repo: ./app\n",
+            "    github:\n",
+            "      repository: not-a-repo\n",
+            "      webhook_secret: 'hunter2 is my secret!'\n",
+            "      deployments: true\n",
+            "      branchs: [main]\n",
+            "    notify:\n",
+            "      - url: ftp://x\n",
+            "      - events: [deployed]\n",
+            "        slack_webhook: SLACK\n",
+            "      - {}\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        for expected in [
+            "slack/users/U1: must be read, deploy or admin, found \"owner\"",
+            "slack/signing_secret: is required",
+            "services/app/github/repository: must be OWNER/NAME, found \"not-a-repo\"",
+            "services/app/github/webhook_secret: must be the NAME of a secret",
+            "services/app/github/deployments: needs `token`",
+            "services/app/github/branchs: unknown key (did you mean `branches`?)",
+            "services/app/notify/0/url: must be an http(s) URL",
+            "services/app/notify/1/events/0: is not an event, found \"deployed\"",
+            "services/app/notify/2: needs `url`",
+        ] {
+            assert!(error.contains(expected), "missing {expected:?} in:\n{error}");
+        }
+        assert!(!error.contains("hunter2"), "{error}");
     }
 
     #[test]
