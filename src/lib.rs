@@ -10,6 +10,7 @@
 //! - [`ssh`]: the SSH executor (one multiplexed connection per host, host keys verified).
 //! - [`proxy`]: the reverse proxy that runs on each host (`berth proxy run`) and its control commands.
 //! - [`engine`]: runs Kamal's commands against hosts: deploy flow, lock, hooks, host selection, events.
+//! - [`outbound_http`]: berth's own outgoing HTTP(S) requests (ACME, GitHub's API, notifications).
 //! - [`daemon`]: `berth serve`, the deploy daemon: HTTP API, durable queue in SQLite, live logs over SSE.
 //! - [`utc`]: UTC timestamps (logs, locks, audit lines) without a time-zone database.
 //! - [`cli`]: the command line; the only module that prints.
@@ -21,6 +22,7 @@ pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod environment;
+pub mod outbound_http;
 pub mod project;
 pub mod proxy;
 pub mod secrets;

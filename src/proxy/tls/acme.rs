@@ -19,18 +19,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
-use http::{Method, Request, StatusCode, header};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, pem::PemObject};
+use http::{Method, StatusCode, header};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, pem::PemObject};
 use rustls::sign::CertifiedKey;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 use super::certified_key_from_der;
+use crate::outbound_http::OutboundHttp;
 
 const LETS_ENCRYPT_ROOTS: &str = include_str!("letsencrypt-roots.pem");
-const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// How often the manager looks for certificates to renew when nothing else wakes it.
 const RENEWAL_CHECK: Duration = Duration::from_secs(3600);
 /// Waits after a failed issuance, doubling up to the last entry.
@@ -421,7 +419,7 @@ struct Directory {
 
 /// An ACME account session: signed requests (JWS, ES256) over HTTPS.
 struct AcmeClient {
-    tls: tokio_rustls::TlsConnector,
+    tls: OutboundHttp,
     directory: Directory,
     key: Arc<dyn rustls::sign::SigningKey>,
     jwk: serde_json::Value,
@@ -590,70 +588,33 @@ fn load_or_create_account_key(path: Option<&std::path::Path>) -> Result<rcgen::K
     Ok(key)
 }
 
-fn tls_connector(extra_root: Option<&std::path::Path>) -> Result<tokio_rustls::TlsConnector, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    let mut add_pem = |pem: &[u8]| {
-        for cert in CertificateDer::pem_slice_iter(pem).flatten() {
-            let _ = roots.add(cert);
-        }
+fn tls_connector(extra_root: Option<&std::path::Path>) -> Result<OutboundHttp, String> {
+    let extra = match extra_root {
+        Some(path) => std::fs::read(path).map_err(|e| format!("cannot read --acme-ca-root {}: {e}", path.display()))?,
+        None => Vec::new(),
     };
-    add_pem(LETS_ENCRYPT_ROOTS.as_bytes());
-    if let Ok(bundle) = std::fs::read(SYSTEM_BUNDLE) {
-        add_pem(&bundle);
-    }
-    if let Some(path) = extra_root {
-        let pem = std::fs::read(path).map_err(|e| format!("cannot read --acme-ca-root {}: {e}", path.display()))?;
-        add_pem(&pem);
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+    OutboundHttp::new("berth-proxy", &[LETS_ENCRYPT_ROOTS.as_bytes(), &extra])
 }
 
 /// One HTTPS request on a fresh connection (ACME traffic is a handful of requests per certificate).
 async fn request(
-    tls: &tokio_rustls::TlsConnector,
+    tls: &OutboundHttp,
     method: Method,
     url: &str,
     body: Option<String>,
 ) -> Result<(StatusCode, http::HeaderMap, Bytes), String> {
-    let uri: http::Uri = url.parse().map_err(|e| format!("bad URL {url}: {e}"))?;
-    if uri.scheme_str() != Some("https") {
+    if !url.starts_with("https://") {
         return Err(format!("ACME URLs must be https: {url}"));
     }
-    let host = uri.host().ok_or_else(|| format!("no host in {url}"))?.to_string();
-    let port = uri.port_u16().unwrap_or(443);
-    let attempt = async {
-        let stream = tokio::net::TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| format!("connect {host}:{port}: {e}"))?;
-        let name = ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
-        let stream = tls.connect(name, stream).await.map_err(|e| format!("TLS to {host}: {e}"))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(connection);
-        let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        let authority = uri.authority().map_or(host.as_str(), |a| a.as_str());
-        let mut builder = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(header::HOST, authority)
-            .header(header::USER_AGENT, "berth-proxy");
-        if body.is_some() {
-            builder = builder.header(header::CONTENT_TYPE, "application/jose+json");
-        }
-        let request = builder.body(Full::new(Bytes::from(body.unwrap_or_default()))).map_err(|e| e.to_string())?;
-        let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
-        Ok((parts.status, parts.headers, body))
+    let headers = match body {
+        Some(_) => vec![(header::CONTENT_TYPE, "application/jose+json".to_string())],
+        None => Vec::new(),
     };
-    tokio::time::timeout(Duration::from_secs(30), attempt).await.map_err(|_| format!("{url} timed out"))?
+    let answer = tls
+        .send(method, url, &headers, body.map(Bytes::from), Duration::from_secs(30))
+        .await
+        .map_err(|error| format!("{url}: {error}"))?;
+    Ok((answer.status, answer.headers, answer.body))
 }
 
 /// DER `SEQUENCE { INTEGER r, INTEGER s }` -> the 64-byte `r || s` JWS wants.
