@@ -8,7 +8,9 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod github;
 pub mod hosts;
+pub mod integrations;
 pub mod logs;
 pub mod model;
 pub mod queue;
