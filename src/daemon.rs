@@ -65,6 +65,7 @@ impl Daemon {
         runner: Arc<dyn Runner>,
         env: &Environment,
     ) -> Result<Daemon, DaemonError> {
+        let secrets = Arc::new(integrations::IntegrationSecrets::load(&config, env)?);
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| DaemonError::DataDir { path: config.data_dir.display().to_string(), source })?;
         let store = Store::open(&config.database_path()).await?;
@@ -107,7 +108,8 @@ impl Daemon {
                 let _ = store.append_lines(id, &[(last + 1, line)]).await;
             });
         }
-        let state = api::AppState { store, queue: Arc::clone(&queue), hub, config, started: Instant::now(), hosts };
+        let state =
+            api::AppState { store, queue: Arc::clone(&queue), hub, config, started: Instant::now(), hosts, secrets };
         let address = listener.local_addr().map_err(DaemonError::Serve)?;
         let (shutdown, mut stopping) = tokio::sync::watch::channel(false);
         let app = api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();

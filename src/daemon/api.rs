@@ -21,6 +21,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
+mod webhooks;
+
 use super::auth;
 use super::config::DaemonConfig;
 use super::logs::{LiveEvent, LogHub};
@@ -30,6 +32,10 @@ use super::store::{DeployAudit, DeployFilter, NewAudit, NewDeploy, Store, StoreE
 
 /// Largest request body accepted (deploy requests are a few hundred bytes).
 pub const MAX_BODY: usize = 64 * 1024;
+
+/// The largest webhook delivery taken (GitHub's own cap is 25 MB; a push of thousands of commits is
+/// refused with 413, which GitHub's delivery log shows).
+pub const MAX_WEBHOOK_BODY: usize = 10 * 1024 * 1024;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -41,6 +47,8 @@ pub struct AppState {
     pub started: Instant,
     /// The engine on a service's hosts (status, maintenance).
     pub hosts: Arc<super::hosts::ServiceHosts>,
+    /// The integrations' secrets (webhook and Slack signatures), read at start.
+    pub secrets: Arc<super::integrations::IntegrationSecrets>,
 }
 
 /// The API's routes, with body limits and request timeouts (log streams excepted).
@@ -62,13 +70,25 @@ pub fn router(state: AppState) -> Router {
             Duration::from_secs(30),
         ));
     let docs = utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi());
-    Router::new()
+    let api = Router::new()
         .merge(timed)
         .route("/deploys/{id}/logs", get(deploy_logs))
         .merge(docs)
-        .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY));
+    // Webhooks carry payloads larger than API requests (a push lists its commits and files).
+    let webhooks = Router::new()
+        .route("/webhooks/github", post(webhooks::github_webhook))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_WEBHOOK_BODY))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_WEBHOOK_BODY))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(30),
+        ));
+    Router::new()
+        .merge(api)
+        .merge(webhooks)
+        .fallback(not_found)
         .layer(axum::middleware::map_response(problems_for_plain_errors))
         .with_state(state)
 }
@@ -84,7 +104,7 @@ async fn problems_for_plain_errors(response: Response) -> Response {
         return response;
     }
     let detail = match status {
-        StatusCode::PAYLOAD_TOO_LARGE => format!("the request body is over {MAX_BODY} bytes"),
+        StatusCode::PAYLOAD_TOO_LARGE => "the request body is too large".to_string(),
         StatusCode::REQUEST_TIMEOUT => "the request took too long; try again".to_string(),
         StatusCode::METHOD_NOT_ALLOWED => "this endpoint does not take that method; see /docs".to_string(),
         other => other.canonical_reason().unwrap_or("error").to_string(),
@@ -151,7 +171,7 @@ impl From<JsonRejection> for ApiError {
             _ => StatusCode::BAD_REQUEST,
         };
         let detail = match status {
-            StatusCode::PAYLOAD_TOO_LARGE => format!("the request body is over {MAX_BODY} bytes"),
+            StatusCode::PAYLOAD_TOO_LARGE => "the request body is too large".to_string(),
             StatusCode::UNSUPPORTED_MEDIA_TYPE => "send JSON with `Content-Type: application/json`".to_string(),
             _ => format!("the request body is not a valid deploy request: {}", rejection.body_text()),
         };
@@ -981,9 +1001,9 @@ async fn metrics(State(state): State<AppState>, caller: Caller) -> Result<Respon
 #[openapi(
     info(title = "berth", description = "The berth deploy daemon: queue deploys, follow them live, see what runs where."),
     paths(maintenance_on, maintenance_off, create_deploy, list_deploys, get_deploy, cancel_deploy, deploy_logs, list_services, get_service,
-          rollback_service, list_audit, healthz, metrics),
+          rollback_service, list_audit, healthz, metrics, webhooks::github_webhook),
     components(schemas(MaintenanceRequest, MaintenanceAnswer, Deploy, DeployRequest, RollbackRequest, DeployPage, CancelAnswer, ServiceSummary, ServiceHost,
-                       AuditPage, Health, Problem)),
+                       AuditPage, Health, Problem, webhooks::WebhookAnswer, webhooks::WebhookOutcome)),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;

@@ -378,7 +378,8 @@ fn parse_service(name: &str, value: &Value, base: &Path, problems: &mut Vec<Prob
         }
     }
     if let Some(github) = map.get(Value::from("github")) {
-        service.github = integrations::parse_github(&at("github"), &service.branch, github, problems);
+        service.github =
+            integrations::parse_github(&at("github"), &service.branch, &service.destinations, github, problems);
     }
     if service.repo.is_empty() && !map.contains_key(Value::from("repo")) {
         problems.push(problem(

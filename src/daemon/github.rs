@@ -99,9 +99,9 @@ pub fn glob_matches(glob: &str, text: &str) -> bool {
                 }
                 (0..=text.len()).any(|skip| matches(rest, &text[skip..]))
             }
-            [b'*', rest @ ..] => {
-                (0..=text.len()).take_while(|&skip| !text[..skip].contains(&b'/')).any(|skip| matches(rest, &text[skip..]))
-            }
+            [b'*', rest @ ..] => (0..=text.len())
+                .take_while(|&skip| !text[..skip].contains(&b'/'))
+                .any(|skip| matches(rest, &text[skip..])),
             [b'?', rest @ ..] => matches!(text, [c, tail @ ..] if *c != b'/' && matches(rest, tail)),
             [c, rest @ ..] => matches!(text, [t, tail @ ..] if t == c && matches(rest, tail)),
         }
@@ -211,6 +211,7 @@ mod tests {
             token: None,
             api_url: GITHUB_API.into(),
             deployments: false,
+            destination: None,
         }
     }
 
@@ -271,7 +272,9 @@ mod tests {
     #[test]
     fn paths_deploy_only_pushes_that_change_a_matching_file() {
         let config = github(&["main"], &["app/**", "Dockerfile", "config/*.yml"]);
-        let deploys = |files: &[&str]| matches!(decide("push", &push("refs/heads/main", "x", files), &config), Decision::Deploy { .. });
+        let deploys = |files: &[&str]| {
+            matches!(decide("push", &push("refs/heads/main", "x", files), &config), Decision::Deploy { .. })
+        };
         assert!(deploys(&["app/models/user.rb"]));
         assert!(deploys(&["README.md", "Dockerfile"]));
         assert!(deploys(&["config/deploy.yml"]));

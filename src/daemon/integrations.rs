@@ -85,7 +85,8 @@ impl IntegrationSecrets {
             };
             let mut secrets = ServiceSecrets::default();
             if let Some(github) = &service.github {
-                secrets.github_webhook = lookup(format!("services/{name}/github/webhook_secret"), &github.webhook_secret);
+                secrets.github_webhook =
+                    lookup(format!("services/{name}/github/webhook_secret"), &github.webhook_secret);
                 if let Some(token) = &github.token {
                     secrets.github_token = lookup(format!("services/{name}/github/token"), token);
                 }

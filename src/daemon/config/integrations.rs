@@ -48,6 +48,8 @@ pub struct GithubConfig {
     pub api_url: String,
     /// Report through the Deployments API instead of commit statuses.
     pub deployments: bool,
+    /// The destination pushes deploy to (required when the service has destinations).
+    pub destination: Option<String>,
 }
 
 /// Where a deploy's events are sent.
@@ -111,14 +113,21 @@ pub struct SlackConfig {
     pub users: IndexMap<String, Scope>,
 }
 
-const GITHUB_KEYS: [&str; 7] = ["repository", "branches", "paths", "webhook_secret", "token", "api_url", "deployments"];
+const GITHUB_KEYS: [&str; 8] =
+    ["repository", "branches", "paths", "webhook_secret", "token", "api_url", "deployments", "destination"];
 const NOTIFY_KEYS: [&str; 4] = ["url", "secret", "events", "slack_webhook"];
 const SLACK_KEYS: [&str; 2] = ["signing_secret", "users"];
 
 pub const GITHUB_API: &str = "https://api.github.com";
 
 /// `services/NAME/github`.
-pub(super) fn parse_github(at: &str, branch: &str, value: &Value, problems: &mut Vec<Problem>) -> Option<GithubConfig> {
+pub(super) fn parse_github(
+    at: &str,
+    branch: &str,
+    destinations: &[String],
+    value: &Value,
+    problems: &mut Vec<Problem>,
+) -> Option<GithubConfig> {
     let Value::Mapping(map) = value else {
         problems.push(problem(at, format!("must be a mapping, found {}", kind(value)), Some("see config/berth.yml")));
         return None;
@@ -132,6 +141,7 @@ pub(super) fn parse_github(at: &str, branch: &str, value: &Value, problems: &mut
         token: None,
         api_url: GITHUB_API.to_string(),
         deployments: false,
+        destination: None,
     };
     for (key, value) in map {
         let Some(key) = key.as_str() else { continue };
@@ -173,8 +183,25 @@ pub(super) fn parse_github(at: &str, branch: &str, value: &Value, problems: &mut
                 Some(flag) => github.deployments = flag,
                 None => problems.push(problem(&path, format!("must be true or false, found {}", show(value)), None)),
             },
+            "destination" => match value.as_str() {
+                Some(destination) if destinations.iter().any(|known| known == destination) => {
+                    github.destination = Some(destination.to_string())
+                }
+                _ => problems.push(problem(
+                    &path,
+                    format!("must be one of the service's destinations, found {}", show(value)),
+                    Some(format!("the service's destinations: {}", destinations.join(", ")).as_str()),
+                )),
+            },
             unknown => problems.push(unknown_key(at, unknown, &GITHUB_KEYS)),
         }
+    }
+    if !destinations.is_empty() && !map.contains_key(Value::from("destination")) {
+        problems.push(problem(
+            &format!("{at}/destination"),
+            "is required: the service has destinations, and a push deploys to one of them".into(),
+            Some(format!("one of {}", destinations.join(", ")).as_str()),
+        ));
     }
     for required in ["repository", "webhook_secret"] {
         if !map.contains_key(Value::from(required)) {

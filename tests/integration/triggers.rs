@@ -1,0 +1,193 @@
+//! What starts deploys from outside and what the daemon tells others: GitHub webhooks (real payloads from
+//! `tests/corpus/payloads`, pointed at the test repository and re-signed), on the daemon on port 0.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use berth::daemon::model::Scope;
+use http::StatusCode;
+
+use crate::daemon::{Answer, App};
+
+const WEBHOOK_SECRET: &str = "berth-test-webhook-secret";
+
+fn payloads() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/payloads")
+}
+
+fn payload(path: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(payloads().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The service `app`, fed by the repository the corpus's pushes come from.
+const GITHUB_SERVICE: &str = "services:\n  app:\n    repo: app\n    secrets: secrets/app\n    \
+    github:\n      repository: Codertocat/Hello-World\n      webhook_secret: GITHUB_WEBHOOK_SECRET\n";
+
+async fn spawn() -> App {
+    App::spawn_with(
+        GITHUB_SERVICE,
+        &[("secrets/app/secrets-common", &format!("GITHUB_WEBHOOK_SECRET={WEBHOOK_SECRET}\n"))],
+    )
+    .await
+}
+
+/// The test repository's head commit (what a push to `main` names as `after`).
+fn head_commit(app: &App) -> String {
+    let dir = app.daemon.as_ref().unwrap().state.config.services["app"].repo.clone();
+    let out = std::process::Command::new("git").args(["rev-parse", "HEAD"]).current_dir(dir).output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A real push (a new branch with one commit) pointed at the test repository's `main` and its head.
+fn push_to_main(app: &App) -> serde_json::Value {
+    let mut push = payload("github/api.github.com/push/with-new-branch.payload.json");
+    push["ref"] = "refs/heads/main".into();
+    push["after"] = head_commit(app).into();
+    push
+}
+
+async fn deliver(app: &App, event: &str, delivery: &str, body: &[u8], signature: Option<&str>) -> Answer {
+    let mut headers = vec![("x-github-event", event), ("x-github-delivery", delivery)];
+    headers.push(("user-agent", "GitHub-Hookshot/044aadd"));
+    if let Some(signature) = signature {
+        headers.push(("x-hub-signature-256", signature));
+    }
+    app.request_with("POST", "/webhooks/github", None, Some(body), &headers).await
+}
+
+fn sign(body: &[u8]) -> String {
+    berth::daemon::github::sign(WEBHOOK_SECRET.as_bytes(), body)
+}
+
+async fn deploy_count(app: &App, token: &str) -> usize {
+    app.request("GET", "/deploys?limit=500", Some(token), None).await.json()["deploys"].as_array().unwrap().len()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signed_push_to_the_branch_deploys_its_commit_once_and_nothing_else_deploys() {
+    let app = spawn().await;
+    let read = app.token(Scope::Read, None).await;
+    let push = push_to_main(&app);
+    let body = serde_json::to_vec(&push).unwrap();
+
+    // Missing and wrong signatures: 401, nothing stored.
+    deliver(&app, "push", "d-1", &body, None).await.assert_problem(StatusCode::UNAUTHORIZED, "X-Hub-Signature-256");
+    let forged = berth::daemon::github::sign(b"not the secret", &body);
+    deliver(&app, "push", "d-1", &body, Some(&forged)).await.assert_problem(StatusCode::UNAUTHORIZED, "matches no");
+    let mut tampered = push.clone();
+    tampered["after"] = "ffffffffffffffffffffffffffffffffffffffff".into();
+    let tampered = serde_json::to_vec(&tampered).unwrap();
+    deliver(&app, "push", "d-1", &tampered, Some(&sign(&body))).await.assert_problem(StatusCode::UNAUTHORIZED, "");
+    assert_eq!(deploy_count(&app, &read).await, 0, "nothing stored for a bad signature");
+
+    // Signed: one deploy of exactly the pushed commit, answered at once.
+    let started = Instant::now();
+    let answer = deliver(&app, "push", "d-1", &body, Some(&sign(&body))).await;
+    assert!(started.elapsed() < Duration::from_secs(1), "answered in {:?}", started.elapsed());
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
+    let id = answer.json()["deploy_id"].as_i64().expect("a deploy id");
+    let deploy = app.request("GET", &format!("/deploys/{id}"), Some(&read), None).await.json();
+    assert_eq!(deploy["service"], "app");
+    assert_eq!(deploy["ref"], head_commit(&app), "{deploy:#}");
+    assert_eq!(deploy["requested_by"], "github:Codertocat");
+    assert!(deploy["reason"].as_str().unwrap().starts_with("push to main by Codertocat"), "{deploy:#}");
+
+    // Redelivered (GitHub's "Redeliver" sends the same id and body): the same deploy, no other.
+    for _ in 0..3 {
+        let again = deliver(&app, "push", "d-1", &body, Some(&sign(&body))).await;
+        assert_eq!(again.status, StatusCode::ACCEPTED);
+        assert_eq!(again.json()["deploy_id"], id);
+        assert!(again.body.contains("received before"), "{}", again.body);
+    }
+    assert_eq!(deploy_count(&app, &read).await, 1);
+
+    // Signed but not deploying: the reason is in the answer, and no deploy.
+    let mut other_branch = push.clone();
+    other_branch["ref"] = "refs/heads/feature".into();
+    let mut skipped = push.clone();
+    skipped["head_commit"]["message"] = "Fix a typo [skip deploy]".into();
+    let mut deleted = push.clone();
+    deleted["deleted"] = true.into();
+    deleted["head_commit"] = serde_json::Value::Null;
+    let cases = [
+        ("push", other_branch, "branch `feature` is not one that deploys"),
+        ("push", skipped, "[skip deploy]"),
+        ("push", deleted, "was deleted"),
+        ("issues", push.clone(), "`issues` events do not deploy"),
+        // Real tag deletions, as GitHub sends them.
+        ("push", payload("github/api.github.com/push/payload.json"), "is not a branch"),
+        ("push", payload("github/api.github.com/push/1.payload.json"), "is not a branch"),
+        ("push", payload("github/api.github.com/push/with-installation.payload.json"), "is not a branch"),
+    ];
+    for (n, (event, payload, reason)) in cases.into_iter().enumerate() {
+        let body = serde_json::to_vec(&payload).unwrap();
+        let answer = deliver(&app, event, &format!("other-{n}"), &body, Some(&sign(&body))).await;
+        assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
+        let json = answer.json();
+        assert!(json["deploy_id"].is_null(), "{json:#}");
+        assert!(json["services"][0]["reason"].as_str().unwrap().contains(reason), "{json:#} lacks {reason}");
+    }
+    assert_eq!(deploy_count(&app, &read).await, 1, "none of those deployed");
+
+    // GitHub's form encoding: `payload=<JSON>`, signed over the form body.
+    let form = format!("payload={}", percent_encode(&serde_json::to_string(&push).unwrap()));
+    let headers = [
+        ("x-github-event", "push"),
+        ("x-github-delivery", "d-form"),
+        ("content-type", "application/x-www-form-urlencoded"),
+        ("x-hub-signature-256", &sign(form.as_bytes())),
+    ];
+    let answer = app.request_with("POST", "/webhooks/github", None, Some(form.as_bytes()), &headers).await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
+    assert!(answer.json()["deploy_id"].as_i64().is_some_and(|new| new != id));
+
+    // The webhook needs no token, but its deploys are audited as GitHub's.
+    let admin = app.token(Scope::Admin, None).await;
+    let audit = app.request("GET", "/audit", Some(&admin), None).await.json();
+    assert!(
+        audit["entries"].as_array().unwrap().iter().any(|entry| entry["actor"] == "github:Codertocat"),
+        "{audit:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pings_from_github_are_answered_and_unknown_repositories_refused() {
+    let app = spawn().await;
+    for path in [
+        "github/api.github.com/ping/payload.json",
+        "github/api.github.com/ping/with-app_id.payload.json",
+        "github/ghes-35/ping/payload.json",
+    ] {
+        let mut ping = payload(path);
+        ping["repository"]["full_name"] = "Codertocat/Hello-World".into();
+        let body = serde_json::to_vec(&ping).unwrap();
+        let answer = deliver(&app, "ping", "ping-1", &body, Some(&sign(&body))).await;
+        assert_eq!(answer.status, StatusCode::OK, "{path}: {}", answer.body);
+        assert!(answer.body.contains("secret matches"), "{}", answer.body);
+    }
+    // A repository no service deploys: refused like a bad signature (nothing tells which repositories exist).
+    let mut push = push_to_main(&app);
+    push["repository"]["full_name"] = "someone/else".into();
+    let body = serde_json::to_vec(&push).unwrap();
+    deliver(&app, "push", "x", &body, Some(&sign(&body)))
+        .await
+        .assert_problem(StatusCode::UNAUTHORIZED, "someone/else");
+    // Not JSON at all, signed: 400; no event header: 400.
+    deliver(&app, "push", "x", b"{not json", Some(&sign(b"{not json")))
+        .await
+        .assert_problem(StatusCode::BAD_REQUEST, "JSON");
+    let answer =
+        app.request_with("POST", "/webhooks/github", None, Some(b"{}"), &[("x-hub-signature-256", "sha256=00")]).await;
+    answer.assert_problem(StatusCode::BAD_REQUEST, "X-GitHub-Event");
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b' ' => "+".to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
