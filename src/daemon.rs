@@ -13,6 +13,8 @@ pub mod hosts;
 pub mod integrations;
 pub mod logs;
 pub mod model;
+pub mod notifications;
+pub mod notifier;
 pub mod queue;
 pub mod runner;
 pub mod store;
@@ -43,6 +45,8 @@ pub enum DaemonError {
     Listen { address: SocketAddr, source: std::io::Error },
     #[error("serving HTTP: {0}")]
     Serve(std::io::Error),
+    #[error("setting up outgoing HTTPS (notifications, GitHub): {0}")]
+    Outbound(String),
 }
 
 /// A started daemon: its address, and how to stop it.
@@ -51,6 +55,7 @@ pub struct Daemon {
     pub state: api::AppState,
     server: tokio::task::JoinHandle<Result<(), std::io::Error>>,
     dispatcher: tokio::task::JoinHandle<()>,
+    notifier: tokio::task::JoinHandle<()>,
     shutdown: tokio::sync::watch::Sender<bool>,
     /// What happened at start that the operator should know (deploys found interrupted).
     pub notices: Vec<String>,
@@ -121,6 +126,10 @@ impl Daemon {
                 .await
         });
         let dispatcher = tokio::spawn(Arc::clone(&queue).dispatch());
+        let notifier =
+            notifier::Notifier::new(state.store.clone(), Arc::clone(&state.config), Arc::clone(&state.secrets))
+                .map_err(DaemonError::Outbound)?;
+        let notifier = tokio::spawn(notifier.run());
         // Log lines of deploys older than `log_retention` are deleted, hourly (the deploys are kept).
         let retention = state.config.log_retention;
         let store = state.store.clone();
@@ -132,7 +141,7 @@ impl Daemon {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
             }
         });
-        Ok(Daemon { address, state, server, dispatcher, shutdown, notices })
+        Ok(Daemon { address, state, server, dispatcher, notifier, shutdown, notices })
     }
 
     /// Stops taking requests and work; running deploys are stopped and rolled back (`interrupted`), within
@@ -140,6 +149,8 @@ impl Daemon {
     pub async fn stop(self, grace: Duration) {
         self.state.queue.stop(grace).await;
         self.dispatcher.abort();
+        // Deliveries not sent yet are in the database: the next start sends them.
+        self.notifier.abort();
         let _ = self.shutdown.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
         self.state.store.close().await;

@@ -11,8 +11,13 @@ pub fn now_seconds() -> String {
 
 /// Now as `2026-11-26T15:04:05.123Z` (RFC 3339 with milliseconds, for logs).
 pub fn now_millis() -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    format!("{}.{:03}Z", seconds_since_epoch(now.as_secs()).trim_end_matches('Z'), now.subsec_millis())
+    millis_at(SystemTime::now())
+}
+
+/// A time as `2026-11-26T15:04:05.123Z` (sorts as text with [`now_millis`]).
+pub fn millis_at(time: SystemTime) -> String {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    format!("{}.{:03}Z", seconds_since_epoch(since.as_secs()).trim_end_matches('Z'), since.subsec_millis())
 }
 
 /// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ`.

@@ -5,20 +5,21 @@
 CREATE TABLE deploy_events (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     deploy_id   INTEGER NOT NULL REFERENCES deploys (id) ON DELETE CASCADE,
+    service     TEXT NOT NULL,
     state       TEXT NOT NULL,
     at          TEXT NOT NULL
 );
 
 CREATE TRIGGER deploy_queued_event AFTER INSERT ON deploys
 BEGIN
-    INSERT INTO deploy_events (deploy_id, state, at)
-    VALUES (NEW.id, NEW.state, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'));
+    INSERT INTO deploy_events (deploy_id, service, state, at)
+    VALUES (NEW.id, NEW.service, NEW.state, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'));
 END;
 
 CREATE TRIGGER deploy_state_event AFTER UPDATE OF state ON deploys WHEN NEW.state <> OLD.state
 BEGIN
-    INSERT INTO deploy_events (deploy_id, state, at)
-    VALUES (NEW.id, NEW.state, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'));
+    INSERT INTO deploy_events (deploy_id, service, state, at)
+    VALUES (NEW.id, NEW.service, NEW.state, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'));
 END;
 
 -- The events the notifier has turned into deliveries (one row: the last event id).

@@ -28,7 +28,7 @@ use super::config::DaemonConfig;
 use super::logs::{LiveEvent, LogHub};
 use super::model::{AuditEntry, Deploy, DeployState, Scope, TokenInfo};
 use super::queue::{Cancelled, Queue};
-use super::store::{DeployAudit, DeployFilter, NewAudit, NewDeploy, Store, StoreError};
+use super::store::{Delivery, DeployAudit, DeployFilter, NewAudit, NewDeploy, Store, StoreError};
 
 /// Largest request body accepted (deploy requests are a few hundred bytes).
 pub const MAX_BODY: usize = 64 * 1024;
@@ -57,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .route("/deploys", post(create_deploy).get(list_deploys))
         .route("/deploys/{id}", get(get_deploy))
         .route("/deploys/{id}/cancel", post(cancel_deploy))
+        .route("/deploys/{id}/deliveries", get(deploy_deliveries))
         .route("/services", get(list_services))
         .route("/services/{name}", get(get_service))
         .route("/services/{name}/rollback", post(rollback_service))
@@ -475,6 +476,21 @@ async fn get_deploy(
     let deploy = find_deploy(&state, &id).await?;
     caller.require(Scope::Read, Some(&deploy.service))?;
     Ok(Json(deploy))
+}
+
+/// What the daemon told others about a deploy: each notification, GitHub status and Slack reply, with its
+/// attempts and outcome.
+#[utoipa::path(get, path = "/deploys/{id}/deliveries", params(("id" = i64, Path, description = "The deploy")),
+    responses((status = 200, body = [Delivery]), (status = 401, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+async fn deploy_deliveries(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<Delivery>>, ApiError> {
+    let deploy = find_deploy(&state, &id).await?;
+    caller.require(Scope::Read, Some(&deploy.service))?;
+    Ok(Json(state.store.deliveries_of(deploy.id).await?))
 }
 
 async fn find_deploy(state: &AppState, id: &str) -> Result<Deploy, ApiError> {
@@ -1000,10 +1016,10 @@ async fn metrics(State(state): State<AppState>, caller: Caller) -> Result<Respon
 #[derive(OpenApi)]
 #[openapi(
     info(title = "berth", description = "The berth deploy daemon: queue deploys, follow them live, see what runs where."),
-    paths(maintenance_on, maintenance_off, create_deploy, list_deploys, get_deploy, cancel_deploy, deploy_logs, list_services, get_service,
+    paths(maintenance_on, maintenance_off, create_deploy, list_deploys, get_deploy, cancel_deploy, deploy_deliveries, deploy_logs, list_services, get_service,
           rollback_service, list_audit, healthz, metrics, webhooks::github_webhook),
     components(schemas(MaintenanceRequest, MaintenanceAnswer, Deploy, DeployRequest, RollbackRequest, DeployPage, CancelAnswer, ServiceSummary, ServiceHost,
-                       AuditPage, Health, Problem, webhooks::WebhookAnswer, webhooks::WebhookOutcome)),
+                       AuditPage, Health, Problem, Delivery, webhooks::WebhookAnswer, webhooks::WebhookOutcome)),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;

@@ -8,6 +8,7 @@
 //! ([`TokenCache`]); deploys as last read are kept by id (`deploy_cache`), and every write that changes a
 //! deploy tells that cache once committed — so only this store may change deploys (one daemon per database).
 
+mod deliveries;
 mod deploy_cache;
 
 use std::path::Path;
@@ -20,6 +21,7 @@ use sqlx::{Row, SqliteConnection, SqlitePool};
 use super::auth::TokenCache;
 use super::config::QueuePolicy;
 use super::model::{AuditEntry, Deploy, DeployState, HostTiming, Scope, Stage, StageState, TokenInfo, stage_names};
+pub use deliveries::{Delivery, DeliveryOutcome, DeployEvent, DeployLink, NewDelivery};
 use deploy_cache::DeployCache;
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -49,6 +51,8 @@ pub struct NewDeploy {
     pub reason: Option<String>,
     pub requested_by: Option<String>,
     pub idempotency_key: Option<String>,
+    /// Where progress is posted back (the Slack command that asked for it).
+    pub slack_response_url: Option<String>,
 }
 
 /// Which deploys to list.
@@ -242,6 +246,14 @@ impl Store {
         };
         if let Some(audit) = audit {
             insert_audit(&mut tx, &deploy.created_at, audit, &(audit.target)(&deploy)).await?;
+        }
+        if let Some(url) = &new.slack_response_url {
+            sqlx::query("INSERT INTO deploy_links (deploy_id, slack_response_url) VALUES (?, ?)")
+                .bind(id)
+                .bind(url)
+                .execute(&mut *tx)
+                .await
+                .map_err(sql("record where to reply"))?;
         }
         let committed = tx.commit().await;
         for id in superseded {

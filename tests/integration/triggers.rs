@@ -1,5 +1,7 @@
 //! What starts deploys from outside and what the daemon tells others: GitHub webhooks (real payloads from
-//! `tests/corpus/payloads`, pointed at the test repository and re-signed), on the daemon on port 0.
+//! `tests/corpus/payloads`, pointed at the test repository and re-signed), notifications and GitHub statuses
+//! received by a local server standing in for GitHub and Slack — on the daemon on port 0, whose deploys fail
+//! for want of hosts (`daemon_bench` has them succeed).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -8,6 +10,7 @@ use berth::daemon::model::Scope;
 use http::StatusCode;
 
 use crate::daemon::{Answer, App};
+use crate::support::recorder::Recorder;
 
 const WEBHOOK_SECRET: &str = "berth-test-webhook-secret";
 
@@ -190,4 +193,134 @@ fn percent_encode(text: &str) -> String {
             other => format!("%{other:02X}"),
         })
         .collect()
+}
+
+const NOTIFY_SECRET: &str = "berth-test-notify-secret";
+const GITHUB_TOKEN: &str = "ghp_berthTestToken0123456789";
+
+/// A service whose pushes deploy and whose deploys are reported to `recorder`: a signed webhook, a Slack
+/// incoming webhook for failures, and GitHub (statuses, or deployments).
+async fn spawn_reporting(recorder: &Recorder, deployments: bool) -> App {
+    let yml = format!(
+        "public_url: http://berth.example/\n\
+         services:\n  app:\n    repo: app\n    secrets: secrets/app\n\
+         \x20   github:\n      repository: Codertocat/Hello-World\n      webhook_secret: GITHUB_WEBHOOK_SECRET\n\
+         \x20     token: GITHUB_TOKEN\n      api_url: {url}/api\n      deployments: {deployments}\n\
+         \x20   notify:\n      - url: {url}/hook\n        secret: NOTIFY_SECRET\n\
+         \x20     - slack_webhook: SLACK_WEBHOOK_URL\n        events: [failed]\n",
+        url = recorder.url()
+    );
+    let secrets = format!(
+        "GITHUB_WEBHOOK_SECRET={WEBHOOK_SECRET}\nGITHUB_TOKEN={GITHUB_TOKEN}\nNOTIFY_SECRET={NOTIFY_SECRET}\n\
+         SLACK_WEBHOOK_URL={}/slack/T000/B000/XXXX\n",
+        recorder.url()
+    );
+    App::spawn_with(&yml, &[("secrets/app/secrets-common", &secrets)]).await
+}
+
+/// Pushes to `main` (signed) and returns the deploy queued.
+async fn push(app: &App, delivery: &str) -> i64 {
+    let body = serde_json::to_vec(&push_to_main(app)).unwrap();
+    let answer = deliver(app, "push", delivery, &body, Some(&sign(&body))).await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
+    answer.json()["deploy_id"].as_i64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn notifications_and_commit_statuses_arrive_signed_in_order_and_are_retried() {
+    let recorder = Recorder::start();
+    // The first notification and the first status are answered with server errors: both are retried.
+    recorder.script("/hook", &[500]);
+    recorder.script("/api/", &[502]);
+    let app = spawn_reporting(&recorder, false).await;
+    let read = app.token(Scope::Read, None).await;
+    let id = push(&app, "n-1").await;
+    // The deploy fails (its host cannot be reached): queued, started, failed.
+    let deploy = crate::daemon::wait_for_end(&app, id, &read).await;
+    assert_eq!(deploy["state"], "failed");
+
+    let hooks = recorder.wait_for("/hook", 4, Duration::from_secs(30));
+    let events: Vec<_> = hooks.iter().map(|r| (r.json()["event"].as_str().unwrap().to_string(), r.status)).collect();
+    assert_eq!(
+        events,
+        [("queued".into(), 500), ("queued".into(), 200), ("started".into(), 200), ("failed".into(), 200)],
+        "in order, the failed one again"
+    );
+    for hook in &hooks {
+        let signature = hook.headers["x-berth-signature-256"].clone();
+        assert_eq!(signature, berth::daemon::github::sign(NOTIFY_SECRET.as_bytes(), &hook.body), "signed");
+        let body = hook.json();
+        assert_eq!((body["id"].as_i64(), body["service"].as_str()), (Some(id), Some("app")));
+        assert_eq!(body["url"], format!("http://berth.example/ui/deploys/{id}"));
+        assert_eq!(hook.headers["content-type"], "application/json");
+    }
+    assert!(hooks[3].json()["error"].as_str().is_some(), "a failure says why");
+
+    let statuses = recorder.wait_for("/api/", 3, Duration::from_secs(30));
+    let commit = head_commit(&app);
+    for status in &statuses {
+        assert_eq!(status.path, format!("/api/repos/Codertocat/Hello-World/statuses/{commit}"));
+        assert_eq!(status.headers["authorization"], format!("Bearer {GITHUB_TOKEN}"));
+        assert_eq!(status.headers["accept"], "application/vnd.github+json");
+        let body = status.json();
+        assert_eq!(body["context"], "berth/app");
+        assert_eq!(body["target_url"], format!("http://berth.example/ui/deploys/{id}"));
+    }
+    let states: Vec<_> = statuses.iter().map(|r| (r.json()["state"].as_str().unwrap().to_string(), r.status)).collect();
+    let on_record = app.request("GET", &format!("/deploys/{id}/deliveries"), Some(&read), None).await.body;
+    assert_eq!(states, [("pending".into(), 502), ("pending".into(), 200), ("failure".into(), 200)], "{on_record}");
+
+    // Slack hears of the failure only, as a readable message.
+    let slack = recorder.wait_for("/slack/", 1, Duration::from_secs(30));
+    let text = slack[0].json()["text"].as_str().unwrap().to_string();
+    assert!(text.contains(&format!("Deploy <http://berth.example/ui/deploys/{id}|#{id}> of *app* failed")), "{text}");
+
+    // Every delivery is on record, with its attempts; none carries a secret.
+    // (The last answer may still be on its way into the database.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (deliveries, list) = loop {
+        let deliveries = app.request("GET", &format!("/deploys/{id}/deliveries"), Some(&read), None).await;
+        assert_eq!(deliveries.status, StatusCode::OK, "{}", deliveries.body);
+        let list = deliveries.json();
+        let sent = list.as_array().unwrap().iter().all(|d| d["status"] == "delivered");
+        if sent || Instant::now() > deadline {
+            break (deliveries, list);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let first = &list.as_array().unwrap()[0];
+    assert_eq!(
+        (first["target"].as_str(), first["status"].as_str(), first["attempts"].as_i64()),
+        (Some("notify/0"), Some("delivered"), Some(2))
+    );
+    assert!(first["last_error"].as_str().unwrap().contains("500"), "{list:#}");
+    assert!(list.as_array().unwrap().iter().all(|d| d["status"] == "delivered"), "{list:#}");
+    for secret in [GITHUB_TOKEN, NOTIFY_SECRET, WEBHOOK_SECRET, "/slack/T000/B000/XXXX"] {
+        assert!(!deliveries.body.contains(secret), "{secret} in {}", deliveries.body);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_deployments_api_gets_a_deployment_and_its_statuses() {
+    let recorder = Recorder::start();
+    let app = spawn_reporting(&recorder, true).await;
+    let read = app.token(Scope::Read, None).await;
+    let id = push(&app, "d-1").await;
+    crate::daemon::wait_for_end(&app, id, &read).await;
+    let calls = recorder.wait_for("/api/", 4, Duration::from_secs(30));
+    let paths: Vec<_> = calls.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/api/repos/Codertocat/Hello-World/deployments",
+            "/api/repos/Codertocat/Hello-World/deployments/4242/statuses",
+            "/api/repos/Codertocat/Hello-World/deployments/4242/statuses",
+            "/api/repos/Codertocat/Hello-World/deployments/4242/statuses",
+        ]
+    );
+    assert_eq!(calls[0].json()["ref"], head_commit(&app));
+    assert_eq!(calls[0].json()["environment"], "production");
+    let states: Vec<_> = calls[1..].iter().map(|r| r.json()["state"].as_str().unwrap().to_string()).collect();
+    assert_eq!(states, ["queued", "in_progress", "failure"]);
+    assert_eq!(calls[3].json()["log_url"], format!("http://berth.example/ui/deploys/{id}"));
 }

@@ -18,6 +18,8 @@ const CAPACITY: usize = 512;
 #[derive(Default)]
 pub(super) struct DeployCache {
     inner: Mutex<Inner>,
+    /// Told of every change (the notifier waits on it for new deploy events).
+    pub(super) changes: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -58,6 +60,7 @@ impl DeployCache {
         let mut inner = self.lock();
         inner.generation += 1;
         inner.deploys.remove(&id);
+        self.changes.notify_one();
     }
 
     /// Deploys changed, which ones not known (call after the change is committed).
@@ -65,6 +68,7 @@ impl DeployCache {
         let mut inner = self.lock();
         inner.generation += 1;
         inner.deploys.clear();
+        self.changes.notify_one();
     }
 }
 
