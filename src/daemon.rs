@@ -17,6 +17,7 @@ pub mod notifications;
 pub mod notifier;
 pub mod queue;
 pub mod runner;
+pub mod slack;
 pub mod store;
 
 use std::net::SocketAddr;

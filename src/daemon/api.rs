@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
+mod chatops;
 mod webhooks;
 
 use super::auth;
@@ -80,6 +81,7 @@ pub fn router(state: AppState) -> Router {
     // Webhooks carry payloads larger than API requests (a push lists its commits and files).
     let webhooks = Router::new()
         .route("/webhooks/github", post(webhooks::github_webhook))
+        .route("/chatops/slack", post(chatops::slack_command))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_WEBHOOK_BODY))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_WEBHOOK_BODY))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
@@ -138,6 +140,11 @@ pub struct ApiError {
 impl ApiError {
     pub fn new(status: StatusCode, detail: impl Into<String>) -> ApiError {
         ApiError { status, detail: detail.into() }
+    }
+
+    /// What went wrong, for a person.
+    pub fn detail(&self) -> &str {
+        &self.detail
     }
 }
 
@@ -1017,7 +1024,7 @@ async fn metrics(State(state): State<AppState>, caller: Caller) -> Result<Respon
 #[openapi(
     info(title = "berth", description = "The berth deploy daemon: queue deploys, follow them live, see what runs where."),
     paths(maintenance_on, maintenance_off, create_deploy, list_deploys, get_deploy, cancel_deploy, deploy_deliveries, deploy_logs, list_services, get_service,
-          rollback_service, list_audit, healthz, metrics, webhooks::github_webhook),
+          rollback_service, list_audit, healthz, metrics, webhooks::github_webhook, chatops::slack_command),
     components(schemas(MaintenanceRequest, MaintenanceAnswer, Deploy, DeployRequest, RollbackRequest, DeployPage, CancelAnswer, ServiceSummary, ServiceHost,
                        AuditPage, Health, Problem, Delivery, webhooks::WebhookAnswer, webhooks::WebhookOutcome)),
     modifiers(&BearerAuth),

@@ -324,3 +324,136 @@ async fn the_deployments_api_gets_a_deployment_and_its_statuses() {
     assert_eq!(states, ["queued", "in_progress", "failure"]);
     assert_eq!(calls[3].json()["log_url"], format!("http://berth.example/ui/deploys/{id}"));
 }
+
+const SLACK_SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
+
+/// Slack commands on: roadrunner (the example's user) may deploy, W111 (bolt-js's) may only read.
+async fn spawn_slack(recorder: &Recorder) -> App {
+    let _ = recorder;
+    let yml = "public_url: http://berth.example\nsecrets: daemon.env\n\
+               slack:\n  signing_secret: SLACK_SIGNING_SECRET\n  users:\n    U2CERLKJA: deploy\n    W111: read\n\
+               services:\n  app:\n    repo: app\n    secrets: secrets/app\n";
+    App::spawn_with(yml, &[("daemon.env", &format!("SLACK_SIGNING_SECRET={SLACK_SECRET}\n"))]).await
+}
+
+/// A real slash-command body with some fields replaced (the others byte for byte).
+fn slack_body(file: &str, replace: &[(&str, &str)]) -> String {
+    let original = std::fs::read_to_string(payloads().join("slack").join(file)).unwrap();
+    original
+        .split('&')
+        .map(|pair| {
+            let key = pair.split_once('=').map_or(pair, |(key, _)| key);
+            match replace.iter().find(|(name, _)| *name == key) {
+                Some((_, value)) => format!("{key}={}", percent_encode(value)),
+                None => pair.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+async fn command(app: &App, body: &str, timestamp: u64, signature: Option<String>) -> Answer {
+    let timestamp = timestamp.to_string();
+    let signature =
+        signature.unwrap_or_else(|| berth::daemon::slack::sign(SLACK_SECRET.as_bytes(), &timestamp, body.as_bytes()));
+    let headers = [
+        ("content-type", "application/x-www-form-urlencoded"),
+        ("x-slack-request-timestamp", timestamp.as_str()),
+        ("x-slack-signature", signature.as_str()),
+        ("user-agent", "Slackbot 1.0 (+https://api.slack.com/robots)"),
+    ];
+    app.request_with("POST", "/chatops/slack", None, Some(body.as_bytes()), &headers).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slack_commands_are_verified_scoped_and_followed_up() {
+    let recorder = Recorder::start();
+    let app = spawn_slack(&recorder).await;
+    let read = app.token(Scope::Read, None).await;
+    let reply_url = format!("{}/slack-reply/T1DC2JH3J/1", recorder.url());
+
+    // The real example body, re-signed now: an empty text is `help`.
+    let help = slack_body("verifying-requests-example.body.txt", &[]);
+    let answer = command(&app, &help, unix_now(), None).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert!(answer.json()["text"].as_str().unwrap().contains("/webhook-collect deploy SERVICE"), "{}", answer.body);
+
+    // Its original signature and timestamp (2018): too old. A wrong signature, and none: 401.
+    let original = slack_body("verifying-requests-example.body.txt", &[]);
+    let signature = "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503".to_string();
+    command(&app, &original, 1_531_420_618, Some(signature))
+        .await
+        .assert_problem(StatusCode::UNAUTHORIZED, "5 minutes");
+    let expired = unix_now() - 301;
+    command(&app, &help, expired, None).await.assert_problem(StatusCode::UNAUTHORIZED, "5 minutes");
+    let forged = berth::daemon::slack::sign(b"another secret", &unix_now().to_string(), help.as_bytes());
+    command(&app, &help, unix_now(), Some(forged)).await.assert_problem(StatusCode::UNAUTHORIZED, "does not match");
+    let answer = app.request_with("POST", "/chatops/slack", None, Some(help.as_bytes()), &[]).await;
+    answer.assert_problem(StatusCode::UNAUTHORIZED, "not signed");
+
+    // A user with `read` cannot deploy; an unknown user can do nothing; nothing is queued.
+    let reader = slack_body("bolt-js-slash-command.body.txt", &[("text", "deploy app")]);
+    let answer = command(&app, &reader, unix_now(), None).await;
+    assert!(
+        answer.json()["text"].as_str().unwrap().contains("needs the `deploy` scope; you have `read`"),
+        "{}",
+        answer.body
+    );
+    let stranger = slack_body("slash-command-docs-weather.body.txt", &[("text", "deploy app")]);
+    let answer = command(&app, &stranger, unix_now(), None).await;
+    assert!(answer.json()["text"].as_str().unwrap().contains("add `U2147483697: read`"), "{}", answer.body);
+    assert_eq!(deploy_count(&app, &read).await, 0);
+    // Slack's SSL check is acknowledged.
+    let check = slack_body("bolt-js-ssl-check.body.txt", &[]);
+    assert_eq!(command(&app, &check, unix_now(), None).await.status, StatusCode::OK);
+    // Mistakes get the usage.
+    let typo = slack_body("verifying-requests-example.body.txt", &[("text", "deploi app")]);
+    let answer = command(&app, &typo, unix_now(), None).await;
+    assert!(answer.body.contains("no command `deploi`") && answer.body.contains("rollback SERVICE"), "{}", answer.body);
+
+    // A deploy: answered at once with its id; its start and outcome are posted to the response_url.
+    let deploy =
+        slack_body("verifying-requests-example.body.txt", &[("text", "deploy app"), ("response_url", &reply_url)]);
+    let started = Instant::now();
+    let answer = command(&app, &deploy, unix_now(), None).await;
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    let json = answer.json();
+    let id = json["deploy_id"].as_i64().expect("the deploy id");
+    assert_eq!(json["response_type"], "in_channel");
+    assert!(
+        json["text"].as_str().unwrap().contains(&format!("<http://berth.example/ui/deploys/{id}|#{id}>")),
+        "{json:#}"
+    );
+    let record = app.request("GET", &format!("/deploys/{id}"), Some(&read), None).await.json();
+    assert_eq!(
+        (record["requested_by"].as_str(), record["reason"].as_str()),
+        (Some("slack:U2CERLKJA"), Some("from Slack by @roadrunner"))
+    );
+    crate::daemon::wait_for_end(&app, id, &read).await;
+    let posts = recorder.wait_for("/slack-reply/", 2, Duration::from_secs(30));
+    let texts: Vec<String> = posts.iter().map(|post| post.json()["text"].as_str().unwrap().to_string()).collect();
+    assert!(texts[0].contains("started") && texts[1].contains("failed"), "{texts:#?}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(recorder.requests("/slack-reply/").len(), 2, "one post per change, at most 5");
+
+    // status: what each host runs (here the one host cannot be reached).
+    let status = slack_body("bolt-js-slash-command.body.txt", &[("text", "status app")]);
+    let answer = command(&app, &status, unix_now(), None).await;
+    let text = answer.json()["text"].as_str().unwrap().to_string();
+    assert!(
+        text.starts_with("*app*:")
+            && text.contains("127.0.0.1:1 (web): nothing unreachable")
+            && text.contains(&format!("#{id}>: failed")),
+        "{text}"
+    );
+
+    // cancel, by a user who may deploy: a deploy that has ended says so.
+    let cancel = slack_body("verifying-requests-example.body.txt", &[("text", &format!("cancel {id}"))]);
+    let answer = command(&app, &cancel, unix_now(), None).await;
+    assert!(answer.json()["text"].as_str().unwrap().contains("has ended already: failed"), "{}", answer.body);
+}
