@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod badge;
 pub mod config;
 pub mod github;
 pub mod hosts;

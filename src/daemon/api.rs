@@ -66,6 +66,7 @@ pub fn router(state: AppState) -> Router {
         .route("/services/{name}/live", post(maintenance_off))
         .route("/audit", get(list_audit))
         .route("/healthz", get(healthz))
+        .route("/badges/{file}", get(service_badge))
         .route("/metrics", get(metrics))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -664,6 +665,33 @@ fn follow(state: AppState, id: i64, after: i64) -> impl Stream<Item = Result<Eve
 // ---------------------------------------------------------------------------------------------------------
 // Services
 
+/// A service's status badge: its last deploy's state and version (no token; `badges: false` in berth.yml
+/// turns badges off).
+#[utoipa::path(get, path = "/badges/{file}", params(("file" = String, Path, description = "SERVICE.svg")),
+    responses((status = 200, description = "The badge", content_type = "image/svg+xml", body = String),
+        (status = 404, body = Problem)))]
+async fn service_badge(State(state): State<AppState>, Path(file): Path<String>) -> Result<Response, ApiError> {
+    if !state.config.badges {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "badges are turned off (`badges: false` in berth.yml)"));
+    }
+    let service = file.strip_suffix(".svg").unwrap_or(&file);
+    if !state.config.services.contains_key(service) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no service `{service}` (badges are at /badges/SERVICE.svg)"),
+        ));
+    }
+    let last = state.store.last_deploy(service).await?;
+    let svg = super::badge::svg(service, last.as_ref().map(|deploy| (deploy.state, deploy.version.as_deref())));
+    let headers = [
+        (header::CONTENT_TYPE, "image/svg+xml; charset=utf-8"),
+        // Badges are read through caches (GitHub's camo among them): say they go stale at once.
+        (header::CACHE_CONTROL, "no-cache, max-age=0"),
+        (header::CONTENT_SECURITY_POLICY, "default-src 'none'; style-src 'unsafe-inline'"),
+    ];
+    Ok((headers, svg).into_response())
+}
+
 /// A service the daemon deploys.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ServiceSummary {
@@ -1024,7 +1052,7 @@ async fn metrics(State(state): State<AppState>, caller: Caller) -> Result<Respon
 #[openapi(
     info(title = "berth", description = "The berth deploy daemon: queue deploys, follow them live, see what runs where."),
     paths(maintenance_on, maintenance_off, create_deploy, list_deploys, get_deploy, cancel_deploy, deploy_deliveries, deploy_logs, list_services, get_service,
-          rollback_service, list_audit, healthz, metrics, webhooks::github_webhook, chatops::slack_command),
+          rollback_service, list_audit, healthz, metrics, service_badge, webhooks::github_webhook, chatops::slack_command),
     components(schemas(MaintenanceRequest, MaintenanceAnswer, Deploy, DeployRequest, RollbackRequest, DeployPage, CancelAnswer, ServiceSummary, ServiceHost,
                        AuditPage, Health, Problem, Delivery, webhooks::WebhookAnswer, webhooks::WebhookOutcome)),
     modifiers(&BearerAuth),

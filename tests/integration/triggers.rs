@@ -457,3 +457,23 @@ async fn slack_commands_are_verified_scoped_and_followed_up() {
     let answer = command(&app, &cancel, unix_now(), None).await;
     assert!(answer.json()["text"].as_str().unwrap().contains("has ended already: failed"), "{}", answer.body);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn badges_show_the_last_deploy_without_a_token_unless_turned_off() {
+    let app = spawn().await;
+    let read = app.token(Scope::Read, None).await;
+    let badge = app.request("GET", "/badges/app.svg", None, None).await;
+    assert_eq!(badge.status, StatusCode::OK);
+    assert_eq!(badge.headers["content-type"], "image/svg+xml; charset=utf-8");
+    assert!(badge.body.contains("<title>app: no deploys</title>"), "{}", badge.body);
+    let id = push(&app, "b-1").await;
+    crate::daemon::wait_for_end(&app, id, &read).await;
+    let badge = app.request("GET", "/badges/app.svg", None, None).await;
+    let commit = head_commit(&app);
+    assert!(badge.body.contains("<title>app: failed</title>") || badge.body.contains(&commit[..12]), "{}", badge.body);
+    assert!(badge.body.contains("#e05d44"), "failed is red: {}", badge.body);
+    app.request("GET", "/badges/nope.svg", None, None).await.assert_problem(StatusCode::NOT_FOUND, "no service `nope`");
+
+    let off = App::spawn("badges: false\nservices:\n  app:\n    repo: app\n").await;
+    off.request("GET", "/badges/app.svg", None, None).await.assert_problem(StatusCode::NOT_FOUND, "turned off");
+}
