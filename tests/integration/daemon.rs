@@ -18,16 +18,17 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
-/// A daemon on port 0 with its own data directory and a local git repository for the service `app`.
-struct App {
-    daemon: Option<Daemon>,
-    address: String,
+/// A daemon on port 0 with its own data directory and a local git repository for the service `app` (the
+/// dashboard's tests use it too).
+pub(crate) struct App {
+    pub(crate) daemon: Option<Daemon>,
+    pub(crate) address: String,
     /// Removed when the test ends (the daemon's tasks end with the test's runtime).
-    _dir: tempfile::TempDir,
+    pub(crate) _dir: tempfile::TempDir,
 }
 
 impl App {
-    async fn spawn(berth_yml: &str) -> App {
+    pub(crate) async fn spawn(berth_yml: &str) -> App {
         let dir = tempfile::tempdir().unwrap();
         make_repository(&dir.path().join("app"));
         let text = format!("listen: 127.0.0.1:0\ndata_dir: data\n{berth_yml}");
@@ -42,18 +43,18 @@ impl App {
         App { daemon: Some(daemon), address, _dir: dir }
     }
 
-    async fn token(&self, scope: Scope, service: Option<&str>) -> String {
+    pub(crate) async fn token(&self, scope: Scope, service: Option<&str>) -> String {
         let token = auth::new_token();
         let store = &self.daemon.as_ref().unwrap().state.store;
         store.insert_token(&format!("test-{}", scope.name()), &auth::hash(&token), scope, service).await.unwrap();
         token
     }
 
-    async fn request(&self, method: &str, path: &str, token: Option<&str>, body: Option<&[u8]>) -> Answer {
+    pub(crate) async fn request(&self, method: &str, path: &str, token: Option<&str>, body: Option<&[u8]>) -> Answer {
         self.request_with(method, path, token, body, &[]).await
     }
 
-    async fn request_with(
+    pub(crate) async fn request_with(
         &self,
         method: &str,
         path: &str,
@@ -68,7 +69,7 @@ impl App {
         if let Some(token) = token {
             request = request.header("authorization", format!("Bearer {token}"));
         }
-        if body.is_some() {
+        if body.is_some() && !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("content-type")) {
             request = request.header("content-type", "application/json");
         }
         for (name, value) in headers {
@@ -107,18 +108,18 @@ impl App {
 }
 
 #[derive(Debug)]
-struct Answer {
-    status: StatusCode,
-    headers: http::HeaderMap,
-    body: String,
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: http::HeaderMap,
+    pub(crate) body: String,
 }
 
 impl Answer {
-    fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
 
-    fn assert_problem(&self, status: StatusCode, detail_contains: &str) {
+    pub(crate) fn assert_problem(&self, status: StatusCode, detail_contains: &str) {
         assert_eq!(self.status, status, "{}", self.body);
         assert_eq!(self.headers["content-type"], "application/problem+json", "{}", self.body);
         let problem = self.json();
@@ -182,7 +183,7 @@ fn make_repository(dir: &Path) {
     git(&["commit", "--quiet", "-m", "first"]);
 }
 
-const ONE_SERVICE: &str = "services:\n  app:\n    repo: app\n    secrets: secrets/app\n";
+pub(crate) const ONE_SERVICE: &str = "services:\n  app:\n    repo: app\n    secrets: secrets/app\n";
 
 async fn wait_for_end(app: &App, id: i64, token: &str) -> serde_json::Value {
     for _ in 0..600 {

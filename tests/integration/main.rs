@@ -14,6 +14,8 @@ mod ssh;
 mod proxy;
 // `berth serve`: the API, queue, store and log stream, on port 0 with a temporary data directory.
 mod daemon;
+// The dashboard: sign-in, session cookie, CSRF, scopes, escaping; a headless Chromium against the bench.
+mod dashboard;
 // `berth serve` on the bench: deploys to real hosts, a ref built remotely, cancel mid-boot, kill -9 and restart.
 mod daemon_bench;
 // Kamal's commands end to end on the bench: setup, deploys under load, rollback, prune, locks, app commands.
