@@ -7,7 +7,7 @@ use http::StatusCode;
 
 use crate::daemon::{Answer, App, ONE_SERVICE};
 
-// mod browser;
+mod browser;
 
 const FORM: (&str, &str) = ("content-type", "application/x-www-form-urlencoded");
 

@@ -3,3 +3,5 @@
 pub mod bench;
 pub mod berth;
 pub mod http;
+pub mod served;
+pub mod webdriver;
