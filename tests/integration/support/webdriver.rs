@@ -105,16 +105,8 @@ impl Browser {
             .write_all(head.as_bytes())
             .and_then(|()| stream.write_all(body.as_bytes()))
             .map_err(|e| failed(e.to_string()))?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).map_err(|e| failed(e.to_string()))?;
-        let text = String::from_utf8_lossy(&raw);
-        let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| failed(format!("no answer: {text}")))?;
+        let (head, body) = read_answer(&mut stream).map_err(|e| failed(e.to_string()))?;
         let status: u16 = head.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
-        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-            dechunk(body)
-        } else {
-            body.to_string()
-        };
         let answer: Value = serde_json::from_str(&body).map_err(|e| failed(format!("{e}: {body}")))?;
         let value = answer["value"].clone();
         if status == 200 {
@@ -248,6 +240,38 @@ impl Drop for Browser {
         for pid in chromium {
             let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).stderr(Stdio::null()).status();
         }
+    }
+}
+
+/// One HTTP/1.1 answer: its head and its body (chromedriver keeps the connection open after it, whatever
+/// `Connection: close` asks, so the body is read by its length or its chunks, not to the end).
+fn read_answer(stream: &mut TcpStream) -> std::io::Result<(String, String)> {
+    let mut raw = Vec::new();
+    let mut buffer = [0u8; 16 * 1024];
+    loop {
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let lower = head.to_ascii_lowercase();
+            let length = lower
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .and_then(|value| value.trim().parse::<usize>().ok());
+            if let Some(length) = length
+                && body.len() >= length
+            {
+                return Ok((head.to_string(), body[..length].to_string()));
+            }
+            if lower.contains("transfer-encoding: chunked") && body.ends_with("0\r\n\r\n") {
+                return Ok((head.to_string(), dechunk(body)));
+            }
+        }
+        let read = stream.read(&mut buffer)?;
+        if read == 0 {
+            let text = String::from_utf8_lossy(&raw).into_owned();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+            return Ok((head.to_string(), body.to_string()));
+        }
+        raw.extend_from_slice(&buffer[..read]);
     }
 }
 
