@@ -68,7 +68,7 @@ fn layout(title: &str, viewer: Option<&Viewer>, body_data: &str, main: &str) -> 
             escape(&limit)
         );
     }
-    let _ = write!(html, "</header><main>{main}</main></body></html>\n");
+    let _ = writeln!(html, "</header><main>{main}</main></body></html>");
     html
 }
 

@@ -249,20 +249,20 @@ fn read_answer(stream: &mut TcpStream) -> std::io::Result<(String, String)> {
     let mut raw = Vec::new();
     let mut buffer = [0u8; 16 * 1024];
     loop {
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let lower = head.to_ascii_lowercase();
-            let length = lower
+        if let Some(end) = raw.windows(4).position(|window| window == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+            let body = &raw[end + 4..];
+            let length = head
                 .lines()
                 .find_map(|line| line.strip_prefix("content-length:"))
                 .and_then(|value| value.trim().parse::<usize>().ok());
             if let Some(length) = length
                 && body.len() >= length
             {
-                return Ok((head.to_string(), body[..length].to_string()));
+                return Ok((head, String::from_utf8_lossy(&body[..length]).into_owned()));
             }
-            if lower.contains("transfer-encoding: chunked") && body.ends_with("0\r\n\r\n") {
-                return Ok((head.to_string(), dechunk(body)));
+            if head.contains("transfer-encoding: chunked") && body.ends_with(b"0\r\n\r\n") {
+                return Ok((head, dechunk(&String::from_utf8_lossy(body))));
             }
         }
         let read = stream.read(&mut buffer)?;
