@@ -161,8 +161,12 @@ impl FromRequestParts<AppState> for Session {
     type Rejection = DashboardError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Session, DashboardError> {
-        let next = parts.uri.path_and_query().map_or("/ui/", |path| path.as_str()).to_string();
         let page = parts.method == Method::GET || parts.method == Method::HEAD;
+        // After signing in, back to the page asked for; a form's target is no page to return to.
+        let next = match parts.uri.path_and_query() {
+            Some(path) if page => path.as_str().to_string(),
+            _ => "/ui/".to_string(),
+        };
         let Some(token) = session_cookie(&parts.headers).map(str::to_string) else {
             return Err(DashboardError::SignIn { next, redirect: page, message: None });
         };
