@@ -220,7 +220,7 @@ impl Caller {
         })
     }
 
-    pub(super) async fn audit(&self, store: &Store, action: &str, target: Option<&str>, status: StatusCode) {
+    async fn audit(&self, store: &Store, action: &str, target: Option<&str>, status: StatusCode) {
         let entry = NewAudit {
             token_id: Some(self.token.id),
             actor: &self.token.name,
