@@ -225,3 +225,29 @@ async fn pages_escape_hostile_input() {
     assert_eq!(odd.status, StatusCode::NOT_FOUND);
     assert!(!odd.body.contains("<b>"), "{}", odd.body);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_with_destinations_asks_for_one() {
+    let app = App::spawn(
+        "services:\n  app:\n    repo: app\n    secrets: secrets/app\n    destinations: [staging, production]\n",
+    )
+    .await;
+    let admin = app.token(Scope::Admin, None).await;
+    let session = sign_in(&app, &app.token(Scope::Deploy, None).await).await;
+    let page = get(&app, "/ui/services/app", &session).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let chooser = "<select name=\"destination\" required><option value=\"staging\">staging</option>\
+                   <option value=\"production\">production</option></select>";
+    assert_eq!(page.body.matches(chooser).count(), 4, "deploy, rollback, maintenance, live: {}", page.body);
+    let csrf = csrf_of(&page.body);
+    let without = post(&app, "/ui/deploys", &session, &format!("service=app&version=v1&csrf={csrf}"), &[]).await;
+    assert_eq!(without.status, StatusCode::BAD_REQUEST);
+    assert!(without.body.contains("name one of staging, production"), "{}", without.body);
+    assert_eq!(deploy_count(&app, &admin).await, 0);
+    let body = format!("service=app&destination=production&version=v1&csrf={csrf}");
+    let queued = post(&app, "/ui/deploys", &session, &body, &[]).await;
+    assert_eq!(queued.status, StatusCode::SEE_OTHER, "{}", queued.body);
+    let id = queued.headers["location"].to_str().unwrap().rsplit('/').next().unwrap().to_string();
+    let deploy = app.request("GET", &format!("/deploys/{id}"), Some(&admin), None).await.json();
+    assert_eq!(deploy["destination"], "production");
+}

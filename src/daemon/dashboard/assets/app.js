@@ -54,11 +54,12 @@
   };
 
   // Calls `update` now and then every `ms` until it returns true (done) or the session ended.
+  // A hidden tab skips its reads (and catches up when shown again, within `ms`).
   const every = (ms, update) => {
     const tick = async () => {
       let done = false;
       try {
-        done = await update();
+        if (!document.hidden) done = await update();
       } catch (error) {
         console.warn(error);
       }
