@@ -108,6 +108,10 @@ fn a_browser_signs_in_deploys_live_cancels_rolls_back_and_a_reader_is_refused() 
     assert_eq!(browser.script("return document.cookie;", vec![]), "", "the session cookie is HttpOnly");
     browser.screenshot("services");
 
+    browser.goto(&format!("{base}/ui/services/app"));
+    browser.wait_for("the service's forms", Duration::from_secs(60), |b| b.find(".deploy-form"));
+    browser.screenshot("service");
+
     // A deploy from the form, watched until it succeeds without a reload: the stages and the log fill in.
     let first = deploy_from_the_form(&browser, &base, "v1", 0);
     browser.script("window.berthNotReloaded = true;", vec![]);
@@ -176,6 +180,10 @@ fn a_browser_signs_in_deploys_live_cancels_rolls_back_and_a_reader_is_refused() 
     browser.wait_for("the service to be live", long, |b| b.text(".notice").filter(|text| text.contains("live again")));
     assert_eq!(version_served(&h1), "v1");
 
+    browser.goto(&format!("{base}/ui/deploys"));
+    browser.wait_for("the deploys", Duration::from_secs(10), |b| b.find(&format!("tr[data-id='{rollback}']")));
+    browser.screenshot("deploys");
+
     // A read-only token: no action shown, and a deploy posted anyway (with its own valid CSRF field) is refused.
     browser.click(".who button[type=submit]");
     browser.wait_for("the sign-in form", Duration::from_secs(10), |b| b.find("input[name=token]"));
@@ -201,4 +209,24 @@ fn a_browser_signs_in_deploys_live_cancels_rolls_back_and_a_reader_is_refused() 
     assert_eq!(status, json!(403), "a reader's deploy is refused");
     assert_eq!(deploy_count(&daemon), before, "and nothing is queued");
     assert_eq!(version_served(&h1), "v1");
+
+    // An admin sees the audit log: the browser's actions are there as the API's own.
+    browser.click(".who button[type=submit]");
+    browser.wait_for("the sign-in form", Duration::from_secs(10), |b| b.find("input[name=token]"));
+    browser.fill("input[name=token]", &daemon.create_token("admin"));
+    browser.click("form button[type=submit]");
+    browser.wait_for("the services", Duration::from_secs(60), |b| b.find("a[href='/ui/audit']"));
+    browser.click("a[href='/ui/audit']");
+    let audit = browser.wait_for("the audit log", Duration::from_secs(10), |b| b.text("table.audit"));
+    for action in [
+        "POST /deploys",
+        "POST /deploys/{id}/cancel",
+        "POST /services/{name}/rollback",
+        "POST /services/{name}/maintenance",
+        "POST /services/{name}/live",
+        "POST /ui/sign-in",
+    ] {
+        assert!(audit.contains(action), "{action} audited: {audit}");
+    }
+    browser.screenshot("audit");
 }
