@@ -75,18 +75,20 @@ async fn security_headers(mut response: Response) -> Response {
 }
 
 /// Refuses a state-changing request whose `Origin` is another site's (a second line behind the CSRF field and
-/// SameSite cookie; browsers send `Origin` with every POST).
+/// SameSite cookie; browsers send `Origin` with every POST). The daemon's host is the request's `Host`, or the
+/// `X-Forwarded-Host` a proxy in front sets (a page on another site cannot set that header on a form post).
 async fn same_origin_posts(request: Request, next: Next) -> Response {
     if request.method() != Method::GET && request.method() != Method::HEAD {
-        let host = request
-            .headers()
-            .get(header::HOST)
-            .and_then(|host| host.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| request.uri().authority().map(|authority| authority.as_str().to_string()));
-        if let Some(origin) = request.headers().get(header::ORIGIN) {
+        let headers = request.headers();
+        let mut hosts: Vec<String> = [header::HOST.as_str(), "x-forwarded-host"]
+            .into_iter()
+            .filter_map(|name| headers.get(name).and_then(|value| value.to_str().ok()))
+            .map(|value| value.split(',').next().unwrap_or_default().trim().to_string())
+            .collect();
+        hosts.extend(request.uri().authority().map(|authority| authority.as_str().to_string()));
+        if let Some(origin) = headers.get(header::ORIGIN) {
             let origin = origin.to_str().unwrap_or_default();
-            if !host.is_some_and(|host| forms::same_origin(origin, &host)) {
+            if !hosts.iter().any(|host| forms::same_origin(origin, host)) {
                 return DashboardError::page(
                     StatusCode::FORBIDDEN,
                     "this form was sent from another site (its Origin is not this daemon); use the dashboard itself",

@@ -153,6 +153,8 @@ async fn forms_without_csrf_from_another_origin_or_beyond_the_scope_are_refused_
     assert!(cross.body.contains("another site"), "{}", cross.body);
     let null = post(&app, "/ui/deploys", &deployer, &good, &[("origin", "null")]).await;
     assert_eq!(null.status, StatusCode::FORBIDDEN);
+    let proxied = [("origin", "https://evil.example"), ("x-forwarded-host", "berth.example")];
+    assert_eq!(post(&app, "/ui/deploys", &deployer, &good, &proxied).await.status, StatusCode::FORBIDDEN);
     let read_only = format!("service=app&version=v1&csrf={reader_csrf}");
     let refused = post(&app, "/ui/deploys", &reader, &read_only, &[origin]).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
@@ -175,6 +177,10 @@ async fn forms_without_csrf_from_another_origin_or_beyond_the_scope_are_refused_
     assert_eq!(queued.status, StatusCode::SEE_OTHER, "{}", queued.body);
     let location = queued.headers["location"].to_str().unwrap().to_string();
     assert!(location.starts_with("/ui/deploys/"), "{location}");
+    // Behind a proxy that sends its own Host, the public host it was asked for counts.
+    let proxied = [("origin", "https://berth.example"), ("x-forwarded-host", "berth.example")];
+    let via_proxy = post(&app, "/ui/deploys", &deployer, &good, &proxied).await;
+    assert_eq!(via_proxy.headers["location"].to_str().unwrap(), location, "the same form again: the same deploy");
     let again = post(&app, "/ui/deploys", &deployer, &good, &[]).await;
     assert_eq!(again.headers["location"].to_str().unwrap(), location, "no Origin (an older browser): CSRF suffices");
     assert_eq!(deploy_count(&app, &admin).await, 1);
