@@ -11,6 +11,11 @@ if ! command -v ruby >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get install -y -qq ruby >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq ruby >/dev/null; }
 fi
+# Chromium and its WebDriver: the dashboard's browser test (tests/integration/dashboard/browser.rs).
+if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; }
+fi
 
 # schemathesis (PyPI) fuzzes the daemon's API from its own OpenAPI spec (tests/integration/daemon.rs), from a
 # virtual environment of the project's own (Debian's Python refuses system-wide pip installs).

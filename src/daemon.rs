@@ -9,6 +9,7 @@ pub mod api;
 pub mod auth;
 pub mod badge;
 pub mod config;
+pub mod dashboard;
 pub mod github;
 pub mod hosts;
 pub mod integrations;

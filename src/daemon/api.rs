@@ -94,6 +94,8 @@ pub fn router(state: AppState) -> Router {
         .merge(webhooks)
         .fallback(not_found)
         .layer(axum::middleware::map_response(problems_for_plain_errors))
+        // After the layers above: the dashboard answers in HTML and has its own limits and headers.
+        .merge(super::dashboard::router())
         .with_state(state)
 }
 
@@ -134,8 +136,8 @@ pub struct Problem {
 /// An error a handler answers with.
 #[derive(Debug)]
 pub struct ApiError {
-    status: StatusCode,
-    detail: String,
+    pub(super) status: StatusCode,
+    pub(super) detail: String,
 }
 
 impl ApiError {
@@ -195,7 +197,8 @@ async fn not_found() -> ApiError {
 // ---------------------------------------------------------------------------------------------------------
 // Callers
 
-/// The caller, from `Authorization: Bearer TOKEN`.
+/// The caller, from `Authorization: Bearer TOKEN`, or for GET and HEAD only from the dashboard's session
+/// cookie (its page scripts poll deploys and follow logs; what changes state takes a form with a CSRF field).
 pub struct Caller {
     pub token: TokenInfo,
     pub remote: Option<String>,
@@ -211,7 +214,11 @@ impl FromRequestParts<AppState> for Caller {
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim);
+            .map(str::trim)
+            .or_else(|| {
+                let reads = parts.method == axum::http::Method::GET || parts.method == axum::http::Method::HEAD;
+                reads.then(|| super::dashboard::session_cookie(&parts.headers)).flatten()
+            });
         let Some(presented) = presented.filter(|token| !token.is_empty()) else {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -227,7 +234,7 @@ impl FromRequestParts<AppState> for Caller {
 
 impl Caller {
     /// Refuses (403) when the token's scope or service does not allow the action.
-    fn require(&self, needed: Scope, service: Option<&str>) -> Result<(), ApiError> {
+    pub(super) fn require(&self, needed: Scope, service: Option<&str>) -> Result<(), ApiError> {
         auth::allows(&self.token, needed, service).map_err(|denied| {
             let detail = match denied {
                 auth::Denied::Scope { needed, has } => format!(
@@ -294,7 +301,7 @@ pub struct RollbackRequest {
         (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 404, description = "No such service", body = Problem), (status = 413, body = Problem)),
     security(("bearer" = [])))]
-async fn create_deploy(
+pub(super) async fn create_deploy(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
@@ -323,7 +330,7 @@ async fn create_deploy(
     responses((status = 202, body = Deploy), (status = 400, body = Problem), (status = 401, body = Problem),
         (status = 403, body = Problem), (status = 404, body = Problem)),
     security(("bearer" = [])))]
-async fn rollback_service(
+pub(super) async fn rollback_service(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
@@ -501,7 +508,7 @@ async fn deploy_deliveries(
     Ok(Json(state.store.deliveries_of(deploy.id).await?))
 }
 
-async fn find_deploy(state: &AppState, id: &str) -> Result<Deploy, ApiError> {
+pub(super) async fn find_deploy(state: &AppState, id: &str) -> Result<Deploy, ApiError> {
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, format!("no deploy `{id}` (see GET /deploys)"));
     let id: i64 = id.parse().map_err(|_| not_found())?;
     state.store.deploy(id).await?.ok_or_else(not_found)
@@ -521,7 +528,7 @@ pub struct CancelAnswer {
     responses((status = 202, body = CancelAnswer), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 404, body = Problem), (status = 409, description = "It had ended already", body = Problem)),
     security(("bearer" = [])))]
-async fn cancel_deploy(
+pub(super) async fn cancel_deploy(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -809,7 +816,7 @@ async fn maintenance_off(
     set_maintenance(state, caller, name, false, request).await
 }
 
-async fn set_maintenance(
+pub(super) async fn set_maintenance(
     state: AppState,
     caller: Caller,
     name: String,
@@ -837,6 +844,11 @@ async fn set_maintenance(
 #[utoipa::path(get, path = "/services",
     responses((status = 200, body = [ServiceSummary]), (status = 401, body = Problem)), security(("bearer" = [])))]
 async fn list_services(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<ServiceSummary>>, ApiError> {
+    Ok(Json(services(&state, &caller).await?))
+}
+
+/// The services the caller may see, with what their hosts run (`GET /services` and the dashboard).
+pub(super) async fn services(state: &AppState, caller: &Caller) -> Result<Vec<ServiceSummary>, ApiError> {
     caller.require(Scope::Read, caller.token.service.clone().as_deref())?;
     let names = state
         .config
@@ -846,7 +858,7 @@ async fn list_services(State(state): State<AppState>, caller: Caller) -> Result<
         .cloned()
         .collect::<Vec<_>>();
     let summaries = futures_util::future::join_all(names.iter().map(|name| async {
-        let mut summary = service_summary(&state, name).await?;
+        let mut summary = service_summary(state, name).await?;
         let deploys_seen =
             summary.last_deploy.as_ref().map_or(String::new(), |last| format!("{} {}", last.id, last.state.name()));
         let destinations = match summary.destinations.as_slice() {
@@ -880,7 +892,7 @@ async fn list_services(State(state): State<AppState>, caller: Caller) -> Result<
         Ok::<_, ApiError>(summary)
     }))
     .await;
-    Ok(Json(summaries.into_iter().collect::<Result<Vec<_>, _>>()?))
+    summaries.into_iter().collect::<Result<Vec<_>, _>>()
 }
 
 fn live_host(host: super::hosts::HostStatus, destination: Option<String>) -> ServiceHost {

@@ -18,12 +18,13 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
-/// A daemon on port 0 with its own data directory and a local git repository for the service `app`.
+/// A daemon on port 0 with its own data directory and a local git repository for the service `app` (the
+/// dashboard's tests use it too).
 pub(crate) struct App {
     pub(crate) daemon: Option<Daemon>,
     pub(crate) address: String,
     /// Removed when the test ends (the daemon's tasks end with the test's runtime).
-    _dir: tempfile::TempDir,
+    pub(crate) _dir: tempfile::TempDir,
 }
 
 impl App {
@@ -193,7 +194,7 @@ fn make_repository(dir: &Path) {
     git(&["commit", "--quiet", "-m", "first"]);
 }
 
-const ONE_SERVICE: &str = "services:\n  app:\n    repo: app\n    secrets: secrets/app\n";
+pub(crate) const ONE_SERVICE: &str = "services:\n  app:\n    repo: app\n    secrets: secrets/app\n";
 
 pub(crate) async fn wait_for_end(app: &App, id: i64, token: &str) -> serde_json::Value {
     for _ in 0..600 {

@@ -16,6 +16,8 @@ mod proxy;
 mod daemon;
 // GitHub webhooks, Slack commands, notifications and statuses, on the daemon on port 0.
 mod triggers;
+// The dashboard: sign-in, session cookie, CSRF, scopes, escaping; a headless Chromium against the bench.
+mod dashboard;
 // `berth serve` on the bench: deploys to real hosts, a ref built remotely, cancel mid-boot, kill -9 and restart.
 mod daemon_bench;
 // Kamal's commands end to end on the bench: setup, deploys under load, rollback, prune, locks, app commands.

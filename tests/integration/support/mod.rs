@@ -5,3 +5,5 @@ pub mod bench;
 pub mod berth;
 pub mod http;
 pub mod recorder;
+pub mod served;
+pub mod webdriver;
