@@ -110,7 +110,11 @@ async fn problems_for_plain_errors(response: Response) -> Response {
         return response;
     }
     let detail = match status {
-        StatusCode::PAYLOAD_TOO_LARGE => "the request body is too large".to_string(),
+        StatusCode::PAYLOAD_TOO_LARGE => format!(
+            "the request body is over the limit ({} KiB for the API, {} MiB for webhooks)",
+            MAX_BODY / 1024,
+            MAX_WEBHOOK_BODY / 1024 / 1024
+        ),
         StatusCode::REQUEST_TIMEOUT => "the request took too long; try again".to_string(),
         StatusCode::METHOD_NOT_ALLOWED => "this endpoint does not take that method; see /docs".to_string(),
         other => other.canonical_reason().unwrap_or("error").to_string(),
@@ -182,7 +186,11 @@ impl From<JsonRejection> for ApiError {
             _ => StatusCode::BAD_REQUEST,
         };
         let detail = match status {
-            StatusCode::PAYLOAD_TOO_LARGE => "the request body is too large".to_string(),
+            StatusCode::PAYLOAD_TOO_LARGE => format!(
+                "the request body is over the limit ({} KiB for the API, {} MiB for webhooks)",
+                MAX_BODY / 1024,
+                MAX_WEBHOOK_BODY / 1024 / 1024
+            ),
             StatusCode::UNSUPPORTED_MEDIA_TYPE => "send JSON with `Content-Type: application/json`".to_string(),
             _ => format!("the request body is not a valid deploy request: {}", rejection.body_text()),
         };

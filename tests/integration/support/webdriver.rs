@@ -153,15 +153,39 @@ impl Browser {
 
     /// Clicks the element (as a person would: scrolled into view, a real click).
     pub fn click(&self, css: &str) {
-        let element = self.element(css);
-        self.command("POST", &format!("/element/{element}/click"), Some(json!({})));
+        self.on_element(css, &[("click", json!({}))]);
     }
 
     /// Types `text` into a field, replacing what it held.
     pub fn fill(&self, css: &str, text: &str) {
-        let element = self.element(css);
-        self.command("POST", &format!("/element/{element}/clear"), Some(json!({})));
-        self.command("POST", &format!("/element/{element}/value"), Some(json!({ "text": text })));
+        self.on_element(css, &[("clear", json!({})), ("value", json!({ "text": text }))]);
+    }
+
+    /// Sends element commands to the element `css` finds. The page's script re-renders parts of the page
+    /// while it polls, so an element found a moment ago can be gone (stale) or briefly covered: then it is
+    /// found again and the commands retried, for up to 10 s.
+    fn on_element(&self, css: &str, commands: &[(&str, Value)]) {
+        let session = self.session.as_deref().expect("a session");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        'again: loop {
+            let element = self.element(css);
+            for (command, body) in commands {
+                let path = format!("/session/{session}/element/{element}/{command}");
+                match self.call("POST", &path, Some(body.clone())) {
+                    Ok(_) => {}
+                    Err(error)
+                        if Instant::now() < deadline
+                            && ["stale element reference", "element click intercepted", "element not interactable"]
+                                .contains(&error.error.as_str()) =>
+                    {
+                        thread::sleep(Duration::from_millis(100));
+                        continue 'again;
+                    }
+                    Err(error) => panic!("WebDriver {command} on {css}: {error:?}"),
+                }
+            }
+            return;
+        }
     }
 
     /// Runs `script` (a function body; `arguments` are `args`) in the page and returns what it returns.
