@@ -16,6 +16,8 @@ mod proxy;
 mod daemon;
 // GitHub webhooks, Slack commands, notifications and statuses, on the daemon on port 0.
 mod triggers;
+// GitHub and Slack driving deploys to a real bench host, with every receiver answering 500 first.
+mod triggers_bench;
 // The dashboard: sign-in, session cookie, CSRF, scopes, escaping; a headless Chromium against the bench.
 mod dashboard;
 // `berth serve` on the bench: deploys to real hosts, a ref built remotely, cancel mid-boot, kill -9 and restart.

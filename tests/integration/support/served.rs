@@ -14,6 +14,16 @@ use super::http;
 
 pub const SECRET_TOKEN: &str = "daemon-s3cret-never-shown";
 
+/// What a test adds to the daemon's configuration: `berth.yml` text (top-level keys; keys of the service
+/// `app`, indented by 4 spaces), secret lines for the service's directory and the daemon-wide `daemon.env`.
+#[derive(Default)]
+pub struct Integrations {
+    pub top_level: String,
+    pub service_keys: String,
+    pub service_secrets: String,
+    pub daemon_secrets: String,
+}
+
 /// A `berth serve` process with its own directory, configuration, token and HOME (the bench's SSH key and
 /// known_hosts), killed on drop.
 pub struct Served {
@@ -26,6 +36,11 @@ pub struct Served {
 
 impl Served {
     pub fn new(bench: &Bench, repo_config: &str) -> Served {
+        Served::new_with(bench, repo_config, &Integrations::default())
+    }
+
+    /// [`Served::new`], with more of `berth.yml` (top-level keys, keys of the service `app`) and secrets.
+    pub fn new_with(bench: &Bench, repo_config: &str, more: &Integrations) -> Served {
         let dir = tempfile::tempdir().unwrap();
         let home = dir.path().join("home");
         std::fs::create_dir_all(home.join(".ssh")).unwrap();
@@ -36,14 +51,20 @@ impl Served {
         std::fs::create_dir_all(&secrets).unwrap();
         std::fs::write(
             secrets.join("secrets"),
-            format!("KAMAL_REGISTRY_PASSWORD={}\nSECRET_TOKEN={SECRET_TOKEN}\n", bench.registry().password()),
+            format!(
+                "KAMAL_REGISTRY_PASSWORD={}\nSECRET_TOKEN={SECRET_TOKEN}\n{}",
+                bench.registry().password(),
+                more.service_secrets
+            ),
         )
         .unwrap();
+        std::fs::write(dir.path().join("daemon.env"), &more.daemon_secrets).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         std::fs::write(
             dir.path().join("berth.yml"),
             format!(
-                "listen: 127.0.0.1:{port}\ndata_dir: data\nservices:\n  app:\n    repo: app\n    secrets: secrets/app\n    queue: fifo\n"
+                "listen: 127.0.0.1:{port}\ndata_dir: data\n{}services:\n  app:\n    repo: app\n    secrets: secrets/app\n    queue: fifo\n{}",
+                more.top_level, more.service_keys
             ),
         )
         .unwrap();
