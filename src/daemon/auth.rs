@@ -19,8 +19,13 @@ pub fn new_token() -> String {
 
 /// What is stored of a token: its SHA-256, in lowercase hex.
 pub fn hash(token: &str) -> String {
+    hash_bytes(token.as_bytes())
+}
+
+/// SHA-256 of `bytes`, in lowercase hex.
+pub fn hash_bytes(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digest = Sha256::digest(token.as_bytes());
+    let digest = Sha256::digest(bytes);
     let mut text = String::with_capacity(digest.len() * 2);
     for byte in digest {
         text.push(HEX[usize::from(byte >> 4)] as char);

@@ -103,6 +103,9 @@ async fn a_signed_push_to_the_branch_deploys_its_commit_once_and_nothing_else_de
         assert_eq!(again.json()["deploy_id"], id);
         assert!(again.body.contains("received before"), "{}", again.body);
     }
+    // Replayed under a made-up delivery id (the header is not signed): the same push, the same deploy.
+    let replay = deliver(&app, "push", "made-up-id", &body, Some(&sign(&body))).await;
+    assert_eq!(replay.json()["deploy_id"], id, "{}", replay.body);
     assert_eq!(deploy_count(&app, &read).await, 1);
 
     // Signed but not deploying: the reason is in the answer, and no deploy.
@@ -134,7 +137,9 @@ async fn a_signed_push_to_the_branch_deploys_its_commit_once_and_nothing_else_de
     assert_eq!(deploy_count(&app, &read).await, 1, "none of those deployed");
 
     // GitHub's form encoding: `payload=<JSON>`, signed over the form body.
-    let form = format!("payload={}", percent_encode(&serde_json::to_string(&push).unwrap()));
+    let mut again = push.clone();
+    again["pusher"]["name"] = "someone-else".into();
+    let form = format!("payload={}", percent_encode(&serde_json::to_string(&again).unwrap()));
     let headers = [
         ("x-github-event", "push"),
         ("x-github-delivery", "d-form"),
@@ -440,6 +445,10 @@ async fn slack_commands_are_verified_scoped_and_followed_up() {
     assert!(texts[0].contains("started") && texts[1].contains("failed"), "{texts:#?}");
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(recorder.requests("/slack-reply/").len(), 2, "one post per change, at most 5");
+    // The same signed command replayed within its 5 minutes (same trigger id): the same deploy.
+    let replayed = command(&app, &deploy, unix_now(), None).await.json();
+    assert_eq!(replayed["deploy_id"], id, "{replayed:#}");
+    assert_eq!(deploy_count(&app, &read).await, 1);
 
     // status: what each host runs (here the one host cannot be reached).
     let status = slack_body("bolt-js-slash-command.body.txt", &[("text", "status app")]);

@@ -107,6 +107,9 @@ pub(super) async fn slack_command(
         reason: Some(format!("from Slack by @{user_name}")),
         requested_by: Some(actor.clone()),
         slack_response_url: response_url.clone(),
+        // Slack's trigger id is one per invocation: the same signed request replayed within its 5 minutes
+        // is the same deploy.
+        idempotency_key: Some(field("trigger_id")).filter(|id| !id.is_empty()).map(|id| format!("slack:{id}")),
         ..NewDeploy::default()
     };
     let new = match command {

@@ -1,7 +1,7 @@
 //! `POST /webhooks/github`: GitHub's deliveries, authenticated by their signature (no bearer token). A
 //! push that deploys is queued — never run — in the request, so the answer comes well within GitHub's
-//! 10 s; one `X-GitHub-Delivery` queues at most one deploy per service however often it is redelivered
-//! (its id is the deploy's idempotency key, kept with the deploy).
+//! 10 s; one delivery queues at most one deploy per service however often it is redelivered or replayed
+//! (the digest of its signed body is the deploy's idempotency key, kept with the deploy).
 
 use std::net::SocketAddr;
 
@@ -101,6 +101,7 @@ pub(super) async fn github_webhook(
         return Ok((StatusCode::OK, Json(WebhookAnswer { deploy_id: None, services })).into_response());
     }
     let sender = payload["sender"]["login"].as_str().unwrap_or("unknown");
+    let body_digest = crate::daemon::auth::hash_bytes(&body);
     let actor = format!("github:{sender}");
     let remote = Some(peer.ip().to_string());
     let mut outcomes = Vec::new();
@@ -118,7 +119,9 @@ pub(super) async fn github_webhook(
                     git_ref: Some(commit),
                     reason: Some(truncate(&format!("push to {branch} by {sender}: {message}"), 1000)),
                     requested_by: Some(actor.clone()),
-                    idempotency_key: Some(format!("github:{delivery}:{}", service.name)),
+                    // The signed body, not the (unsigned) delivery header, names the push: a redelivery
+                    // and a replay under a made-up delivery id are both the same push, deployed once.
+                    idempotency_key: Some(format!("github:{}:{body_digest}", service.name)),
                     ..NewDeploy::default()
                 };
                 let audit = DeployAudit {
