@@ -188,6 +188,9 @@ async fn pings_from_github_are_answered_and_unknown_repositories_refused() {
     let answer =
         app.request_with("POST", "/webhooks/github", None, Some(b"{}"), &[("x-hub-signature-256", "sha256=00")]).await;
     answer.assert_problem(StatusCode::BAD_REQUEST, "X-GitHub-Event");
+    // Over 10 MiB: refused before anything is read into a payload.
+    let huge = vec![b' '; 11 * 1024 * 1024];
+    deliver(&app, "push", "x", &huge, Some(&sign(&huge))).await.assert_problem(StatusCode::PAYLOAD_TOO_LARGE, "10 MiB");
 }
 
 fn percent_encode(text: &str) -> String {
