@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::support::bench::{Bench, Host};
 use crate::support::http::{self, LoadLoop};
-use crate::support::served::{SECRET_TOKEN, Served, json, version_served};
+use crate::support::served::{SECRET_TOKEN, Served, app_config, json, version_served};
 
 /// The deploy's log as a client following it would see it: (id, event, data), until the stream closes.
 fn follow(daemon: &Served, id: i64, last_event_id: Option<i64>) -> Vec<(Option<i64>, String, String)> {
@@ -21,45 +21,6 @@ fn follow(daemon: &Served, id: i64, last_event_id: Option<i64>) -> Vec<(Option<i
     let (status, text) = daemon.curl("GET", &format!("/deploys/{id}/logs"), None, &extra);
     assert_eq!(status, 200, "{text}");
     crate::daemon::parse_events(&text)
-}
-
-fn config(bench: &Bench) -> String {
-    let registry = bench.registry();
-    let (h1, h2) = (&bench.host(1).ip, &bench.host(2).ip);
-    format!(
-        "service: app
-image: berth-test-app
-registry:
-  server: {server}
-  username: {user}
-  password:
-    - KAMAL_REGISTRY_PASSWORD
-servers:
-  - {h1}
-  - {h2}
-env:
-  secret:
-    - SECRET_TOKEN
-proxy:
-  app_port: 80
-  healthcheck:
-    path: /up
-    interval: 1
-    timeout: 2
-builder:
-  arch: amd64
-  local: false
-  remote: ssh://{ssh_user}@{h2}
-ssh:
-  user: {ssh_user}
-deploy_timeout: 30
-drain_timeout: 2
-readiness_delay: 0
-",
-        server = registry.addr,
-        user = registry.user,
-        ssh_user = bench.ssh_user(),
-    )
 }
 
 fn stage(deploy: &serde_json::Value, name: &str) -> serde_json::Value {
@@ -75,7 +36,7 @@ fn the_daemon_deploys_to_two_hosts_builds_a_ref_cancels_mid_boot_and_survives_a_
     // A version whose container takes 8 s to listen: its boot is long enough to cancel or kill in.
     bench.push_test_app_with("slow", &[("SERVICE", "app"), ("BOOT_DELAY_MS", "8000")]);
     let (h1, h2) = (bench.host(1).clone(), bench.host(2).clone());
-    let mut daemon = Served::new(&bench, &config(&bench));
+    let mut daemon = Served::new(&bench, &app_config(&bench, &[bench.host(1), bench.host(2)], Some(bench.host(2)), 30));
 
     // A version already in the registry, to two hosts: the whole timeline, per host, and the live log.
     let first = daemon.deploy(r#"{"service":"app","version":"v1","reason":"first"}"#);

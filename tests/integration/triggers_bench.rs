@@ -8,51 +8,12 @@ use std::time::Duration;
 
 use crate::support::bench::Bench;
 use crate::support::recorder::Recorder;
-use crate::support::served::{Integrations, Served, json, version_served};
+use crate::support::served::{Integrations, Served, app_config, json, version_served};
 
 const WEBHOOK_SECRET: &str = "bench-webhook-secret";
 const NOTIFY_SECRET: &str = "bench-notify-secret";
 const GITHUB_TOKEN: &str = "ghp_benchToken0123456789";
 const SLACK_SECRET: &str = "bench-slack-signing-secret";
-
-/// One host, which also builds (`builder.remote`): a push deploys the commit it names.
-fn config(bench: &Bench) -> String {
-    let registry = bench.registry();
-    format!(
-        "service: app
-image: berth-test-app
-registry:
-  server: {server}
-  username: {user}
-  password:
-    - KAMAL_REGISTRY_PASSWORD
-servers:
-  - {h1}
-env:
-  secret:
-    - SECRET_TOKEN
-proxy:
-  app_port: 80
-  healthcheck:
-    path: /up
-    interval: 1
-    timeout: 2
-builder:
-  arch: amd64
-  local: false
-  remote: ssh://{ssh_user}@{h1}
-ssh:
-  user: {ssh_user}
-deploy_timeout: 60
-drain_timeout: 2
-readiness_delay: 0
-",
-        server = registry.addr,
-        user = registry.user,
-        h1 = bench.host(1).ip,
-        ssh_user = bench.ssh_user(),
-    )
-}
 
 /// POSTs `body` to the daemon with `headers`, as GitHub or Slack would (no token): (status, answer).
 fn post(daemon: &Served, path: &str, body: &[u8], headers: &[(&str, String)]) -> (u16, String) {
@@ -118,7 +79,7 @@ fn a_push_and_a_slack_command_deploy_while_every_receiver_hears_of_it_in_order_d
         ),
         daemon_secrets: format!("SLACK_SIGNING_SECRET={SLACK_SECRET}\n"),
     };
-    let daemon = Served::new_with(&bench, &config(&bench), &more);
+    let daemon = Served::new_with(&bench, &app_config(&bench, &[bench.host(1)], Some(bench.host(1)), 60), &more);
     let head = String::from_utf8(
         Command::new("git")
             .args(["rev-parse", "HEAD"])

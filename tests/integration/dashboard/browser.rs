@@ -10,45 +10,8 @@ use serde_json::json;
 
 use crate::support::bench::Bench;
 use crate::support::http;
-use crate::support::served::{Served, json, version_served};
+use crate::support::served::{Served, app_config, json, version_served};
 use crate::support::webdriver::Browser;
-
-/// One host behind berth's proxy; versions come from the registry (no builds).
-fn config(bench: &Bench) -> String {
-    let registry = bench.registry();
-    format!(
-        "service: app
-image: berth-test-app
-registry:
-  server: {server}
-  username: {user}
-  password:
-    - KAMAL_REGISTRY_PASSWORD
-servers:
-  - {h1}
-env:
-  secret:
-    - SECRET_TOKEN
-proxy:
-  app_port: 80
-  healthcheck:
-    path: /up
-    interval: 1
-    timeout: 2
-builder:
-  arch: amd64
-ssh:
-  user: {ssh_user}
-deploy_timeout: 60
-drain_timeout: 2
-readiness_delay: 0
-",
-        server = registry.addr,
-        user = registry.user,
-        h1 = bench.host(1).ip,
-        ssh_user = bench.ssh_user(),
-    )
-}
 
 /// The id in a deploy page's URL (`…/ui/deploys/ID`).
 fn deploy_id(url: &str) -> Option<i64> {
@@ -86,7 +49,7 @@ fn a_browser_signs_in_deploys_live_cancels_rolls_back_and_a_reader_is_refused() 
     // A version whose container takes 8 s to listen: a boot long enough to cancel.
     bench.push_test_app_with("slow", &[("SERVICE", "app"), ("BOOT_DELAY_MS", "8000")]);
     let h1 = bench.host(1).clone();
-    let daemon = Served::new(&bench, &config(&bench));
+    let daemon = Served::new(&bench, &app_config(&bench, &[bench.host(1)], None, 60));
     let reader = daemon.create_token("read");
     let base = format!("http://127.0.0.1:{}", daemon.port);
     let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts/dashboard");

@@ -196,6 +196,45 @@ impl Drop for Served {
     }
 }
 
+/// The Kamal configuration of the test app `app` on `hosts` (berth's proxy in front, the test app's
+/// health check), built on `builder` over SSH when given (else versions come from the registry).
+pub fn app_config(bench: &Bench, hosts: &[&Host], builder: Option<&Host>, deploy_timeout: u32) -> String {
+    let registry = bench.registry();
+    let servers: String = hosts.iter().map(|host| format!("  - {}\n", host.ip)).collect();
+    let remote = builder
+        .map_or(String::new(), |host| format!("  local: false\n  remote: ssh://{}@{}\n", bench.ssh_user(), host.ip));
+    format!(
+        "service: app
+image: berth-test-app
+registry:
+  server: {server}
+  username: {user}
+  password:
+    - KAMAL_REGISTRY_PASSWORD
+servers:
+{servers}env:
+  secret:
+    - SECRET_TOKEN
+proxy:
+  app_port: 80
+  healthcheck:
+    path: /up
+    interval: 1
+    timeout: 2
+builder:
+  arch: amd64
+{remote}ssh:
+  user: {ssh_user}
+deploy_timeout: {deploy_timeout}
+drain_timeout: 2
+readiness_delay: 0
+",
+        server = registry.addr,
+        user = registry.user,
+        ssh_user = bench.ssh_user(),
+    )
+}
+
 pub fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
