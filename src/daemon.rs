@@ -10,6 +10,7 @@ pub mod auth;
 pub mod badge;
 pub mod config;
 pub mod dashboard;
+pub mod form;
 pub mod github;
 pub mod hosts;
 pub mod integrations;
@@ -19,6 +20,7 @@ pub mod notifications;
 pub mod notifier;
 pub mod queue;
 pub mod runner;
+pub mod signature;
 pub mod slack;
 pub mod store;
 

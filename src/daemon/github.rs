@@ -7,19 +7,17 @@ use serde_json::{Value, json};
 
 use super::config::GithubConfig;
 use super::model::DeployState;
+use super::signature;
 
 /// `X-Hub-Signature-256: sha256=HEX` over the raw body, checked in constant time.
 pub fn signature_matches(secret: &[u8], body: &[u8], header: Option<&str>) -> bool {
     let Some(hex) = header.and_then(|value| value.trim().strip_prefix("sha256=")) else { return false };
-    let Some(signature) = decode_hex(hex) else { return false };
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
-    ring::hmac::verify(&key, body, &signature).is_ok()
+    signature::hmac_matches(secret, &[body], hex)
 }
 
 /// `sha256=HEX` of `body` under `secret` (what GitHub sends, and what berth's own notifications carry).
 pub fn sign(secret: &[u8], body: &[u8]) -> String {
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
-    format!("sha256={}", hex(ring::hmac::sign(&key, body).as_ref()))
+    format!("sha256={}", signature::hmac_hex(secret, &[body]))
 }
 
 /// What a webhook delivery means for one service.
@@ -184,17 +182,6 @@ pub fn deployment_status(repository: &str, deployment_id: i64, state: DeployStat
         path: format!("/repos/{repository}/deployments/{deployment_id}/statuses"),
         body: json!({"state": github_state, "log_url": log_url, "description": format!("berth: {}", state.name())}),
     }
-}
-
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

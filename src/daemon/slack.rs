@@ -3,6 +3,7 @@
 //! The HTTP edge is `POST /chatops/slack` in the API.
 
 use super::model::Scope;
+use super::signature;
 
 /// How far a request's timestamp may be from now (Slack's own rule against replays).
 pub const MAX_SKEW_SECONDS: u64 = 300;
@@ -30,20 +31,13 @@ pub fn verify(
         return Err(Unsigned::Stale);
     }
     let Some(hex) = signature.trim().strip_prefix("v0=") else { return Err(Unsigned::Mismatch) };
-    let Some(expected) = decode_hex(hex) else { return Err(Unsigned::Mismatch) };
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
-    let mut message = format!("v0:{}:", timestamp.trim()).into_bytes();
-    message.extend_from_slice(body);
-    ring::hmac::verify(&key, &message, &expected).map_err(|_| Unsigned::Mismatch)
+    let prefix = format!("v0:{}:", timestamp.trim());
+    if signature::hmac_matches(secret, &[prefix.as_bytes(), body], hex) { Ok(()) } else { Err(Unsigned::Mismatch) }
 }
 
 /// The signature Slack would send (tests, and tools that replay commands).
 pub fn sign(secret: &[u8], timestamp: &str, body: &[u8]) -> String {
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
-    let mut message = format!("v0:{timestamp}:").into_bytes();
-    message.extend_from_slice(body);
-    let tag = ring::hmac::sign(&key, &message);
-    format!("v0={}", tag.as_ref().iter().map(|b| format!("{b:02x}")).collect::<String>())
+    format!("v0={}", signature::hmac_hex(secret, &[format!("v0:{timestamp}:").as_bytes(), body]))
 }
 
 /// A command, parsed.
@@ -130,13 +124,6 @@ fn word(text: &str) -> Result<String, String> {
     } else {
         Err(format!("`{text}` is not a version or git ref"))
     }
-}
-
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
 }
 
 #[cfg(test)]

@@ -14,8 +14,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::webhooks::form_urlencoded_field;
 use super::{ApiError, AppState, check_destination, unknown_service};
+use crate::daemon::form::Form;
 use crate::daemon::notifications::slack_escape;
 use crate::daemon::queue::Cancelled;
 use crate::daemon::slack::{self, Command, Unsigned};
@@ -74,7 +74,8 @@ pub(super) async fn slack_command(
             ));
         }
     }
-    let field = |name: &str| form_urlencoded_field(&body, name).unwrap_or_default();
+    let form = Form::parse(&body);
+    let field = |name: &str| form.string(name).unwrap_or_default();
     if field("ssl_check") == "1" {
         return Ok(StatusCode::OK.into_response());
     }

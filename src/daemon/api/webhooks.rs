@@ -15,6 +15,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::{ApiError, AppState};
+use crate::daemon::form::Form;
 use crate::daemon::github::{self, Decision};
 use crate::daemon::store::{DeployAudit, NewDeploy};
 
@@ -156,42 +157,15 @@ fn parse_payload(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
         .get(header::CONTENT_TYPE)
         .is_some_and(|value| value.as_bytes().starts_with(b"application/x-www-form-urlencoded"));
     let json = if form {
-        let field = form_urlencoded_field(body, "payload")
+        let form = Form::parse(body);
+        let field = form
+            .get("payload")
             .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "the form has no `payload` field"))?;
-        serde_json::from_str(&field)
+        serde_json::from_str(field)
     } else {
         serde_json::from_slice(body)
     };
     json.map_err(|error| ApiError::new(StatusCode::BAD_REQUEST, format!("the payload is not JSON: {error}")))
-}
-
-/// One field of an `application/x-www-form-urlencoded` body, decoded.
-pub(super) fn form_urlencoded_field(body: &[u8], name: &str) -> Option<String> {
-    let text = std::str::from_utf8(body).ok()?;
-    text.split('&').find_map(|pair| {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(key)? == name).then(|| percent_decode(value)).flatten()
-    })
-}
-
-/// `+` is a space and `%XX` a byte; None when the result is not UTF-8 or an escape is broken.
-pub(super) fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 2;
-            }
-            byte => out.push(byte),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
 }
 
 fn truncate(text: &str, max: usize) -> String {
