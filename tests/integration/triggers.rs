@@ -188,9 +188,19 @@ async fn pings_from_github_are_answered_and_unknown_repositories_refused() {
     let answer =
         app.request_with("POST", "/webhooks/github", None, Some(b"{}"), &[("x-hub-signature-256", "sha256=00")]).await;
     answer.assert_problem(StatusCode::BAD_REQUEST, "X-GitHub-Event");
-    // Over 10 MiB: refused before anything is read into a payload.
-    let huge = vec![b' '; 11 * 1024 * 1024];
-    deliver(&app, "push", "x", &huge, Some(&sign(&huge))).await.assert_problem(StatusCode::PAYLOAD_TOO_LARGE, "10 MiB");
+    // Announced over 10 MiB: refused from the head alone, before any of the body is read.
+    let head = format!(
+        "POST /webhooks/github HTTP/1.1\r\nhost: berth.test\r\nx-github-event: push\r\nx-github-delivery: x\r\n\
+         x-hub-signature-256: sha256=00\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        11 * 1024 * 1024
+    );
+    let mut raw = tokio::net::TcpStream::connect(&app.address).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut raw, head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let reading = tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut answer);
+    tokio::time::timeout(Duration::from_secs(10), reading).await.expect("answered without the body").unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413 ") && answer.contains("10 MiB for webhooks"), "{answer}");
 }
 
 fn percent_encode(text: &str) -> String {
