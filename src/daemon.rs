@@ -52,6 +52,13 @@ pub enum DaemonError {
     Serve(std::io::Error),
     #[error("setting up outgoing HTTPS (notifications, GitHub): {0}")]
     Outbound(String),
+    #[error(
+        "another `berth serve` uses {data_dir} ({holder}): one daemon per SQLite database — stop it first, or \
+         run several daemons on PostgreSQL (`database_url:` in berth.yml)"
+    )]
+    AlreadyRunning { data_dir: String, holder: String },
+    #[error("locking {path}: {source}")]
+    Lock { path: String, source: std::io::Error },
 }
 
 /// A started daemon: its address, and how to stop it.
@@ -64,6 +71,8 @@ pub struct Daemon {
     shutdown: tokio::sync::watch::Sender<bool>,
     /// What happened at start that the operator should know (deploys found interrupted).
     pub notices: Vec<String>,
+    /// Held while the daemon runs: the OS lock that keeps a second daemon off the same SQLite database.
+    _data_dir_lock: std::fs::File,
 }
 
 impl Daemon {
@@ -78,6 +87,7 @@ impl Daemon {
         let secrets = Arc::new(integrations::IntegrationSecrets::load(&config, env)?);
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| DaemonError::DataDir { path: config.data_dir.display().to_string(), source })?;
+        let data_dir_lock = lock_data_dir(&config)?;
         let store = Store::open(&config.database_path()).await?;
         let interrupted = store
             .interrupt_running(
@@ -146,7 +156,7 @@ impl Daemon {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
             }
         });
-        Ok(Daemon { address, state, server, dispatcher, notifier, shutdown, notices })
+        Ok(Daemon { address, state, server, dispatcher, notifier, shutdown, notices, _data_dir_lock: data_dir_lock })
     }
 
     /// Stops taking requests and work; running deploys are stopped and rolled back (`interrupted`), within
@@ -160,6 +170,31 @@ impl Daemon {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
         self.state.store.close().await;
     }
+}
+
+/// Takes the data directory's OS lock (`berth.lock`, an exclusive `flock`: released by the kernel when the
+/// process ends, however it ends) and writes who holds it, for the message a second daemon gets.
+fn lock_data_dir(config: &DaemonConfig) -> Result<std::fs::File, DaemonError> {
+    use std::io::{Read, Seek, Write};
+    let path = config.data_dir.join("berth.lock");
+    let failed = |source| DaemonError::Lock { path: path.display().to_string(), source };
+    let mut file =
+        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(failed)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            return Err(DaemonError::AlreadyRunning {
+                data_dir: config.data_dir.display().to_string(),
+                holder: holder.trim().to_string(),
+            });
+        }
+        Err(std::fs::TryLockError::Error(source)) => return Err(failed(source)),
+    }
+    let holder = format!("instance {}, pid {}", config.instance, std::process::id());
+    file.set_len(0).and_then(|()| file.rewind()).and_then(|()| file.write_all(holder.as_bytes())).map_err(failed)?;
+    Ok(file)
 }
 
 /// Loads the configuration named (or `berth.yml` in `env`'s directory, or `BERTH_CONFIG`); without a file

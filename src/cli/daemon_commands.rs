@@ -16,6 +16,10 @@ pub struct ServeArgs {
     /// The daemon's configuration (default: berth.yml here, or $BERTH_CONFIG)
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// This daemon's name among several on one database (default: `instance:` in berth.yml, else the host's
+    /// name and the port)
+    #[arg(long, value_name = "NAME")]
+    pub instance: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -50,7 +54,13 @@ pub enum TokenCommand {
 
 /// Runs the daemon until SIGTERM or Ctrl-C.
 pub fn serve(args: &ServeArgs, env: &Environment, out: &mut dyn Write) -> anyhow::Result<()> {
-    let config = daemon::load_config(args.config.as_deref(), env)?;
+    let mut config = daemon::load_config(args.config.as_deref(), env)?;
+    if let Some(name) = &args.instance {
+        if !daemon::config::valid_instance(name) {
+            anyhow::bail!("--instance {name:?}: a name of letters, digits, '.', '-', '_' and ':' (at most 100)");
+        }
+        config.instance = name.clone();
+    }
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async {
@@ -64,7 +74,8 @@ pub fn serve(args: &ServeArgs, env: &Environment, out: &mut dyn Write) -> anyhow
         let daemon = Daemon::start(config, listener, runner, env).await?;
         writeln!(
             out,
-            "berth serve: listening on http://{} ({services} service(s); data in {}; API docs at /docs)",
+            "berth serve: {} listening on http://{} ({services} service(s); data in {}; API docs at /docs)",
+            daemon.state.config.instance,
             daemon.address,
             data_dir.display()
         )?;

@@ -1017,6 +1017,8 @@ pub struct Health {
     /// Deploys running in this daemon.
     pub running: usize,
     pub database: String,
+    /// This daemon's name (`instance:` in berth.yml, `--instance`): the `runner` of the deploys it runs.
+    pub instance: String,
 }
 
 /// Whether the daemon is up and its database answers.
@@ -1033,6 +1035,7 @@ async fn healthz(State(state): State<AppState>) -> Response {
         uptime_seconds: state.started.elapsed().as_secs(),
         running: state.queue.running_ids().len(),
         database,
+        instance: state.config.instance.clone(),
     };
     let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(health)).into_response()

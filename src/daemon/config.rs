@@ -56,6 +56,9 @@ pub struct DaemonConfig {
     pub public_url: Option<String>,
     /// `GET /badges/{service}.svg` answers without a token (default true).
     pub badges: bool,
+    /// This daemon's name among several on one database (`instance:`, or `--instance`); default the host's
+    /// name and the port it listens on.
+    pub instance: String,
 }
 
 /// One service the daemon deploys.
@@ -114,7 +117,7 @@ fn invalid_message(path: &Path, problems: &[Problem]) -> String {
     text
 }
 
-const TOP_LEVEL_KEYS: [&str; 11] = [
+const TOP_LEVEL_KEYS: [&str; 12] = [
     "listen",
     "data_dir",
     "services",
@@ -126,6 +129,7 @@ const TOP_LEVEL_KEYS: [&str; 11] = [
     "slack",
     "public_url",
     "badges",
+    "instance",
 ];
 const SERVICE_KEYS: [&str; 8] = ["repo", "branch", "config", "destinations", "secrets", "queue", "github", "notify"];
 
@@ -145,6 +149,7 @@ impl DaemonConfig {
             slack: None,
             public_url: None,
             badges: true,
+            instance: default_instance(default_listen()),
         }
     }
 
@@ -165,6 +170,7 @@ impl DaemonConfig {
             .map_err(|error| DaemonConfigError::Yaml { path: path.to_path_buf(), message: error.to_string() })?;
         // Stage two: the tree checked into typed values, every problem collected.
         let mut problems = Vec::new();
+        let mut named_instance = None;
         let mut config = DaemonConfig::empty(base);
         config.file = Some(path.to_path_buf());
         let top = match &tree {
@@ -236,6 +242,14 @@ impl DaemonConfig {
                         Some("the address people and GitHub reach the daemon at, e.g. https://deploy.example.com"),
                     )),
                 },
+                "instance" => match value.as_str() {
+                    Some(name) if valid_instance(name) => named_instance = Some(name.to_string()),
+                    _ => problems.push(problem(
+                        "instance",
+                        format!("must be a name of letters, digits, '.', '-', '_' and ':', found {}", show(value)),
+                        Some("e.g. deploy-1; each daemon on one database needs its own"),
+                    )),
+                },
                 "badges" => match value.as_bool() {
                     Some(flag) => config.badges = flag,
                     None => {
@@ -264,6 +278,7 @@ impl DaemonConfig {
                 unknown => problems.push(unknown_key("", unknown, &TOP_LEVEL_KEYS)),
             }
         }
+        config.instance = named_instance.unwrap_or_else(|| default_instance(config.listen));
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -419,6 +434,21 @@ fn duration(value: &Value) -> Option<Duration> {
         _ => return None,
     };
     Some(Duration::from_secs(number.checked_mul(scale)?))
+}
+
+/// The host's name and the port: unique among daemons on one database unless two share a host and port.
+fn default_instance(listen: SocketAddr) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "berth".to_string());
+    format!("{host}:{}", listen.port())
+}
+
+/// An instance name: shown in `/healthz` and deploys, so kept printable and short.
+pub fn valid_instance(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 100 && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
 }
 
 fn default_listen() -> SocketAddr {

@@ -123,6 +123,8 @@ pub struct Deploy {
     pub ended_at: Option<String>,
     /// Why it failed, was cancelled or interrupted.
     pub error: Option<String>,
+    /// The daemon instance that runs (or ran) it (`instance:` in berth.yml; default host name and port).
+    pub runner: Option<String>,
     /// `build`, `push`, `pull`, `boot`, `healthcheck`, `cutover`, `prune`, in order (empty in lists).
     pub stages: Vec<Stage>,
 }

@@ -155,6 +155,7 @@ mod tests {
             started_at: None,
             ended_at: None,
             error: Some("boot failed on <10.0.0.1> & more\nsecond line".into()),
+            runner: None,
             stages: vec![],
         }
     }

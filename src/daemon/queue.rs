@@ -137,7 +137,7 @@ impl Queue {
             if !keys.insert((deploy.service.clone(), deploy.destination.clone())) || started == free {
                 continue;
             }
-            if self.stopping.load(Ordering::SeqCst) || !self.store.claim(deploy.id).await? {
+            if self.stopping.load(Ordering::SeqCst) || !self.store.claim(deploy.id, &self.config.instance).await? {
                 continue;
             }
             started += 1;

@@ -242,6 +242,7 @@ impl Store {
             started_at: None,
             ended_at: None,
             error: None,
+            runner: None,
             stages: pending_stages(),
         };
         if let Some(audit) = audit {
@@ -324,13 +325,15 @@ impl Store {
         Ok(rows.iter().map(deploy_from_row).collect())
     }
 
-    /// Makes a queued deploy `running`; false when it is no longer queued (cancelled or superseded meanwhile).
-    pub async fn claim(&self, id: i64) -> Result<bool, StoreError> {
+    /// Makes a queued deploy `running` by `runner` (the daemon instance); false when it is no longer queued
+    /// (cancelled or superseded meanwhile).
+    pub async fn claim(&self, id: i64, runner: &str) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE deploys SET state = 'running', started_at = ? WHERE id = ? AND state = 'queued' \
+            "UPDATE deploys SET state = 'running', started_at = ?, runner = ? WHERE id = ? AND state = 'queued' \
              AND cancel_requested = 0",
         )
         .bind(now())
+        .bind(runner)
         .bind(id)
         .execute(&self.writer)
         .await;
@@ -713,7 +716,7 @@ impl Store {
 }
 
 const DEPLOY_COLUMNS: &str = "id, service, destination, kind, version, git_ref, git_commit, state, stage, reason, \
-                              requested_by, created_at, started_at, ended_at, error";
+                              requested_by, created_at, started_at, ended_at, error, runner";
 
 fn deploy_from_row(row: &SqliteRow) -> Deploy {
     Deploy {
@@ -732,6 +735,7 @@ fn deploy_from_row(row: &SqliteRow) -> Deploy {
         started_at: row.get("started_at"),
         ended_at: row.get("ended_at"),
         error: row.get("error"),
+        runner: row.get("runner"),
         stages: Vec::new(),
     }
 }
@@ -858,7 +862,7 @@ mod tests {
     async fn latest_supersedes_queued_and_fifo_keeps_them() {
         let (store, _dir) = store().await;
         let (first, _) = store.insert_deploy(&request("app"), QueuePolicy::Latest).await.unwrap();
-        assert!(store.claim(first.id).await.unwrap());
+        assert!(store.claim(first.id, "test").await.unwrap());
         let (second, _) = store.insert_deploy(&request("app"), QueuePolicy::Latest).await.unwrap();
         let (third, _) = store.insert_deploy(&request("app"), QueuePolicy::Latest).await.unwrap();
         assert_eq!(store.deploy(second.id).await.unwrap().unwrap().state, DeployState::Superseded);
@@ -925,7 +929,7 @@ mod tests {
     async fn runnable_skips_services_that_run_however_many_are_queued() {
         let (store, _dir) = store().await;
         let (running, _) = store.insert_deploy(&request("app"), QueuePolicy::Fifo).await.unwrap();
-        assert!(store.claim(running.id).await.unwrap());
+        assert!(store.claim(running.id, "test").await.unwrap());
         let mut queued = Vec::new();
         for _ in 0..200 {
             queued.push(store.insert_deploy(&request("app"), QueuePolicy::Fifo).await.unwrap().0.id);
@@ -948,7 +952,7 @@ mod tests {
         };
         let (a, _) = store.insert_deploy(&request("app"), QueuePolicy::Latest).await.unwrap();
         assert_eq!(read(a.id).await.state, DeployState::Queued);
-        store.claim(a.id).await.unwrap();
+        store.claim(a.id, "test").await.unwrap();
         assert_eq!(read(a.id).await.state, DeployState::Running);
         store.set_resolved(a.id, "v2", Some("abc")).await.unwrap();
         assert_eq!(read(a.id).await.commit.as_deref(), Some("abc"));
@@ -964,7 +968,7 @@ mod tests {
         let ended = read(a.id).await;
         assert_eq!((ended.state, ended.stages[2].state), (DeployState::Failed, StageState::Failed));
         let (d, _) = store.insert_deploy(&request("web"), QueuePolicy::Fifo).await.unwrap();
-        store.claim(d.id).await.unwrap();
+        store.claim(d.id, "test").await.unwrap();
         assert_eq!(read(d.id).await.state, DeployState::Running);
         store.interrupt_running("stopped").await.unwrap();
         assert_eq!(read(d.id).await.state, DeployState::Interrupted);
@@ -974,7 +978,7 @@ mod tests {
     async fn stages_per_host_roll_up() {
         let (store, _dir) = store().await;
         let (deploy, _) = store.insert_deploy(&request("app"), QueuePolicy::Latest).await.unwrap();
-        store.claim(deploy.id).await.unwrap();
+        store.claim(deploy.id, "test").await.unwrap();
         store.stage_changed(deploy.id, "build", None, StageChange::Skipped).await.unwrap();
         for host in ["h1", "h2"] {
             store.stage_changed(deploy.id, "pull", Some(host), StageChange::Started).await.unwrap();
@@ -1007,7 +1011,7 @@ mod tests {
     async fn running_deploys_are_interrupted_at_start_and_logs_resume_by_sequence() {
         let (store, dir) = store().await;
         let (deploy, _) = store.insert_deploy(&request("app"), QueuePolicy::Latest).await.unwrap();
-        store.claim(deploy.id).await.unwrap();
+        store.claim(deploy.id, "test").await.unwrap();
         store.append_lines(deploy.id, &[(1, "one".into()), (2, "two".into()), (3, "three".into())]).await.unwrap();
         store.close().await;
         let store = Store::open(&dir.path().join("berth.sqlite")).await.unwrap();
@@ -1028,11 +1032,11 @@ mod tests {
         }
         let (old, recent, running) = (ids[0], ids[1], ids[2]);
         for id in [old, recent] {
-            store.claim(id).await.unwrap();
+            store.claim(id, "test").await.unwrap();
             store.append_lines(id, &[(1, format!("line of {id}"))]).await.unwrap();
             store.finish(id, DeployState::Succeeded, None).await.unwrap();
         }
-        store.claim(running).await.unwrap();
+        store.claim(running, "test").await.unwrap();
         store.append_lines(running, &[(1, "still running".into())]).await.unwrap();
         // The first one ended long ago (as if years of deploys had passed since).
         sqlx::query("UPDATE deploys SET ended_at = '2020-01-01T00:00:00.000Z' WHERE id = ?")

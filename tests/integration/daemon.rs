@@ -430,3 +430,29 @@ async fn schemathesis_finds_no_server_error_in_the_served_spec() {
     assert!(shown.contains(" passed"), "{shown}");
     assert!(!shown.contains("Server error"), "{shown}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_daemon_per_sqlite_database_and_each_says_its_name() {
+    let app = App::spawn(&format!("instance: deploy-a\n{ONE_SERVICE}")).await;
+    let read = app.token(Scope::Read, None).await;
+    let health = app.request("GET", "/healthz", None, None).await.json();
+    assert_eq!(health["instance"], "deploy-a");
+    // A deploy names the instance that ran it.
+    let deploy = app.token(Scope::Deploy, None).await;
+    let id = app.request("POST", "/deploys", Some(&deploy), Some(br#"{"service":"app"}"#)).await.json()["id"]
+        .as_i64()
+        .unwrap();
+    let ended = wait_for_end(&app, id, &read).await;
+    assert_eq!(ended["runner"], "deploy-a", "{ended:#}");
+    // A second daemon on the same data directory is refused, saying who holds it.
+    let config = (*app.daemon.as_ref().unwrap().state.config).clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let env = Environment::from_vars(std::env::vars(), app._dir.path());
+    let runner = berth::daemon::engine_runner(&config, &env);
+    let error = match Daemon::start(config, listener, runner, &env).await {
+        Ok(_) => panic!("a second daemon started on the same database"),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains("another `berth serve` uses") && error.contains("instance deploy-a, pid"), "{error}");
+    assert!(error.contains("PostgreSQL"), "{error}");
+}

@@ -523,6 +523,7 @@ mod tests {
             started_at: Some("2026-12-03T19:20:37Z".into()),
             ended_at: None,
             error: Some(HOSTILE.into()),
+            runner: None,
             stages: vec![Stage {
                 name: "boot".into(),
                 state: StageState::Running,

@@ -94,6 +94,7 @@ mod tests {
             started_at: None,
             ended_at: None,
             error: None,
+            runner: None,
             stages: Vec::new(),
         }
     }

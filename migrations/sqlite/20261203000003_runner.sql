@@ -1,0 +1,2 @@
+-- Issue 12: which daemon instance runs (or ran) a deploy.
+ALTER TABLE deploys ADD COLUMN runner TEXT;
