@@ -30,6 +30,15 @@ if [[ ! -x $venv/bin/schemathesis ]]; then
     "$venv/bin/pip" install --quiet --disable-pip-version-check 'schemathesis==4.32.5'
 fi
 
+# PostgreSQL (the daemon's shared store): a throwaway cluster for this run, stopped and deleted on exit even
+# after a failure; every store test runs against it as well as SQLite.
+pg_dir_file=$(mktemp)
+BERTH_TEST_DATABASE_URL=$(bash tests/postgres/cluster.sh start 2>"$pg_dir_file")
+pg_dir=$(tail -1 "$pg_dir_file")
+rm -f "$pg_dir_file"
+trap 'bash tests/postgres/cluster.sh stop "$pg_dir"' EXIT
+export BERTH_TEST_DATABASE_URL
+
 export CARGO_TERM_COLOR=never
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings

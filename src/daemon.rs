@@ -57,6 +57,8 @@ pub enum DaemonError {
          run several daemons on PostgreSQL (`database_url:` in berth.yml)"
     )]
     AlreadyRunning { data_dir: String, holder: String },
+    #[error("BERTH_DATABASE_URL must be a PostgreSQL URL, postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE")]
+    DatabaseUrl,
     #[error("locking {path}: {source}")]
     Lock { path: String, source: std::io::Error },
 }
@@ -72,7 +74,7 @@ pub struct Daemon {
     /// What happened at start that the operator should know (deploys found interrupted).
     pub notices: Vec<String>,
     /// Held while the daemon runs: the OS lock that keeps a second daemon off the same SQLite database.
-    _data_dir_lock: std::fs::File,
+    _data_dir_lock: Option<std::fs::File>,
 }
 
 impl Daemon {
@@ -87,10 +89,15 @@ impl Daemon {
         let secrets = Arc::new(integrations::IntegrationSecrets::load(&config, env)?);
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| DaemonError::DataDir { path: config.data_dir.display().to_string(), source })?;
-        let data_dir_lock = lock_data_dir(&config)?;
-        let store = Store::open(&config.database_path()).await?;
+        // One daemon per SQLite file (the OS lock); on PostgreSQL, as many as share it.
+        let data_dir_lock = match &config.database_url {
+            None => Some(lock_data_dir(&config)?),
+            Some(_) => None,
+        };
+        let store = open_store(&config).await?;
         let interrupted = store
             .interrupt_running(
+                &config.instance,
                 "the daemon stopped while this deploy ran (crash or kill); hosts kept serving what they ran, and \
                  the deploy lock it held is cleared by the next deploy",
             )
@@ -172,6 +179,14 @@ impl Daemon {
     }
 }
 
+/// The configured store: PostgreSQL at `database_url`, else SQLite in `data_dir`.
+pub async fn open_store(config: &DaemonConfig) -> Result<Store, StoreError> {
+    match &config.database_url {
+        Some(url) => Store::connect(url).await,
+        None => Store::open(&config.database_path()).await,
+    }
+}
+
 /// Takes the data directory's OS lock (`berth.lock`, an exclusive `flock`: released by the kernel when the
 /// process ends, however it ends) and writes who holds it, for the message a second daemon gets.
 fn lock_data_dir(config: &DaemonConfig) -> Result<std::fs::File, DaemonError> {
@@ -202,13 +217,20 @@ fn lock_data_dir(config: &DaemonConfig) -> Result<std::fs::File, DaemonError> {
 pub fn load_config(file: Option<&std::path::Path>, env: &Environment) -> Result<DaemonConfig, DaemonError> {
     let named =
         file.map(|file| env.cwd().join(file)).or_else(|| env.get("BERTH_CONFIG").map(|file| env.cwd().join(file)));
-    match named {
-        Some(path) => Ok(DaemonConfig::load(&path)?),
+    let mut config = match named {
+        Some(path) => DaemonConfig::load(&path)?,
         None => {
             let default = env.cwd().join(config::DEFAULT_FILE);
-            if default.exists() { Ok(DaemonConfig::load(&default)?) } else { Ok(DaemonConfig::empty(env.cwd())) }
+            if default.exists() { DaemonConfig::load(&default)? } else { DaemonConfig::empty(env.cwd()) }
         }
+    };
+    if let Some(url) = env.get("BERTH_DATABASE_URL").filter(|url| !url.is_empty()) {
+        if !config::is_postgres_url(&url) {
+            return Err(DaemonError::DatabaseUrl);
+        }
+        config.database_url = Some(url.to_string());
     }
+    Ok(config)
 }
 
 /// The runner the daemon uses: the engine, over SSH.

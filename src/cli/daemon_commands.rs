@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use crate::daemon::model::Scope;
-use crate::daemon::{self, Daemon, auth, store::Store};
+use crate::daemon::{self, Daemon, auth};
 use crate::environment::Environment;
 
 #[derive(Debug, Args)]
@@ -129,7 +129,7 @@ pub fn token(command: &TokenCommand, env: &Environment, out: &mut dyn Write) -> 
     runtime.block_on(async {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
-        let store = Store::open(&config.database_path()).await?;
+        let store = daemon::open_store(&config).await?;
         match command {
             TokenCommand::Create { scope, service, name, .. } => {
                 let scope = Scope::parse(scope).expect("clap checked the scope");

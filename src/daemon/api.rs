@@ -650,7 +650,20 @@ fn follow(state: AppState, id: i64, after: i64) -> impl Stream<Item = Result<Eve
                     return Some((Ok(Event::default().event("end").data(deploy.state.name())), f));
                 }
             }
-            match f.live.recv().await {
+            // On a shared store another daemon may run the deploy: its lines reach this daemon only through
+            // the store, so an idle follower reads the store again (from its sequence number) every 250 ms.
+            let received = if f.state.store.is_shared() {
+                match tokio::time::timeout(Duration::from_millis(250), f.live.recv()).await {
+                    Ok(received) => received,
+                    Err(_) => {
+                        f.caught_up = false;
+                        continue;
+                    }
+                }
+            } else {
+                f.live.recv().await
+            };
+            match received {
                 Ok(LiveEvent::Line { seq, text }) if seq > f.last => {
                     f.last = seq;
                     return Some((Ok(Event::default().id(seq.to_string()).data(&*text)), f));

@@ -59,6 +59,9 @@ pub struct DaemonConfig {
     /// This daemon's name among several on one database (`instance:`, or `--instance`); default the host's
     /// name and the port it listens on.
     pub instance: String,
+    /// PostgreSQL shared by several daemons (`database_url:` or `BERTH_DATABASE_URL`); None: the embedded
+    /// SQLite file in `data_dir`.
+    pub database_url: Option<String>,
 }
 
 /// One service the daemon deploys.
@@ -117,7 +120,7 @@ fn invalid_message(path: &Path, problems: &[Problem]) -> String {
     text
 }
 
-const TOP_LEVEL_KEYS: [&str; 12] = [
+const TOP_LEVEL_KEYS: [&str; 13] = [
     "listen",
     "data_dir",
     "services",
@@ -130,6 +133,7 @@ const TOP_LEVEL_KEYS: [&str; 12] = [
     "public_url",
     "badges",
     "instance",
+    "database_url",
 ];
 const SERVICE_KEYS: [&str; 8] = ["repo", "branch", "config", "destinations", "secrets", "queue", "github", "notify"];
 
@@ -150,6 +154,7 @@ impl DaemonConfig {
             public_url: None,
             badges: true,
             instance: default_instance(default_listen()),
+            database_url: None,
         }
     }
 
@@ -240,6 +245,15 @@ impl DaemonConfig {
                         "public_url",
                         format!("must be an http(s) URL, found {}", show(value)),
                         Some("the address people and GitHub reach the daemon at, e.g. https://deploy.example.com"),
+                    )),
+                },
+                "database_url" => match value.as_str() {
+                    Some(url) if is_postgres_url(url) => config.database_url = Some(url.to_string()),
+                    // Not shown: the URL may carry a password.
+                    _ => problems.push(problem(
+                        "database_url",
+                        "must be a PostgreSQL URL, postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE".into(),
+                        Some("leave it out to use the embedded SQLite database in data_dir"),
                     )),
                 },
                 "instance" => match value.as_str() {
@@ -444,6 +458,11 @@ fn default_instance(listen: SocketAddr) -> String {
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "berth".to_string());
     format!("{host}:{}", listen.port())
+}
+
+/// `postgres://…` or `postgresql://…`.
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 /// An instance name: shown in `/healthz` and deploys, so kept printable and short.

@@ -168,7 +168,7 @@ impl Notifier {
             let secret = secrets.notify.get(index).cloned().flatten();
             return match &notify.target {
                 NotifyTarget::Webhook { url: endpoint, .. } => {
-                    let body = webhook_body(deploy, state, &delivery.next_attempt_at, &url);
+                    let body = webhook_body(deploy, state, &crate::utc::now_millis(), &url);
                     let mut headers = vec![
                         (header::CONTENT_TYPE, "application/json".to_string()),
                         (HeaderName::from_static("x-berth-event"), state.name().to_string()),

@@ -311,12 +311,18 @@ mod tests {
         }
     }
 
+    /// A queue on SQLite, or (`postgres`) on a new database of the test run's PostgreSQL.
     async fn queue(
         millis: u64,
+        postgres: bool,
         configure: impl FnOnce(&mut DaemonConfig),
     ) -> (Arc<Queue>, Arc<Scripted>, Store, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db.sqlite")).await.unwrap();
+        let store = if postgres {
+            Store::connect(&crate::daemon::store::test_database().await).await.unwrap()
+        } else {
+            Store::open(&dir.path().join("db.sqlite")).await.unwrap()
+        };
         let mut config = DaemonConfig::empty(dir.path());
         configure(&mut config);
         let runner =
@@ -346,76 +352,85 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn latest_runs_the_first_and_the_last_fifo_runs_all_in_order_never_two_at_once() {
-        let (queue, runner, store, _dir) = queue(300, |_| {}).await;
-        let ids = [
-            submit(&store, &queue, "app", QueuePolicy::Latest).await,
-            submit(&store, &queue, "app", QueuePolicy::Latest).await,
-            submit(&store, &queue, "app", QueuePolicy::Latest).await,
-        ];
-        let states: Vec<DeployState> = futures_util::future::join_all(ids.iter().map(|id| wait_final(&store, *id)))
-            .await
-            .iter()
-            .map(|d| d.state)
-            .collect();
-        assert_eq!(states, [DeployState::Succeeded, DeployState::Superseded, DeployState::Succeeded]);
+        // The same semantics on either store.
+        for postgres in [false, true] {
+            let (queue, runner, store, _dir) = queue(300, postgres, |_| {}).await;
+            let ids = [
+                submit(&store, &queue, "app", QueuePolicy::Latest).await,
+                submit(&store, &queue, "app", QueuePolicy::Latest).await,
+                submit(&store, &queue, "app", QueuePolicy::Latest).await,
+            ];
+            let states: Vec<DeployState> = futures_util::future::join_all(ids.iter().map(|id| wait_final(&store, *id)))
+                .await
+                .iter()
+                .map(|d| d.state)
+                .collect();
+            assert_eq!(states, [DeployState::Succeeded, DeployState::Superseded, DeployState::Succeeded]);
 
-        let fifo = [
-            submit(&store, &queue, "web", QueuePolicy::Fifo).await,
-            submit(&store, &queue, "web", QueuePolicy::Fifo).await,
-            submit(&store, &queue, "web", QueuePolicy::Fifo).await,
-        ];
-        for id in fifo {
-            assert_eq!(wait_final(&store, id).await.state, DeployState::Succeeded);
+            let fifo = [
+                submit(&store, &queue, "web", QueuePolicy::Fifo).await,
+                submit(&store, &queue, "web", QueuePolicy::Fifo).await,
+                submit(&store, &queue, "web", QueuePolicy::Fifo).await,
+            ];
+            for id in fifo {
+                assert_eq!(wait_final(&store, id).await.state, DeployState::Succeeded);
+            }
+            let log = runner.log.lock().unwrap().clone();
+            let web: Vec<(i64, &str)> = log.into_iter().filter(|(id, _)| fifo.contains(id)).collect();
+            assert_eq!(
+                web,
+                [
+                    (fifo[0], "start"),
+                    (fifo[0], "end"),
+                    (fifo[1], "start"),
+                    (fifo[1], "end"),
+                    (fifo[2], "start"),
+                    (fifo[2], "end")
+                ]
+            );
+            assert_eq!(*runner.overlaps.lock().unwrap(), 0, "two deploys of one service never run at once");
         }
-        let log = runner.log.lock().unwrap().clone();
-        let web: Vec<(i64, &str)> = log.into_iter().filter(|(id, _)| fifo.contains(id)).collect();
-        assert_eq!(
-            web,
-            [
-                (fifo[0], "start"),
-                (fifo[0], "end"),
-                (fifo[1], "start"),
-                (fifo[1], "end"),
-                (fifo[2], "start"),
-                (fifo[2], "end")
-            ]
-        );
-        assert_eq!(*runner.overlaps.lock().unwrap(), 0, "two deploys of one service never run at once");
     }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn cancel_queued_at_once_and_running_by_stopping_it() {
-        let (queue, _runner, store, _dir) = queue(60_000, |_| {}).await;
-        let running = submit(&store, &queue, "app", QueuePolicy::Fifo).await;
-        let queued = submit(&store, &queue, "app", QueuePolicy::Fifo).await;
-        while store.deploy(running).await.unwrap().unwrap().state != DeployState::Running {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        // The same semantics on either store.
+        for postgres in [false, true] {
+            let (queue, _runner, store, _dir) = queue(60_000, postgres, |_| {}).await;
+            let running = submit(&store, &queue, "app", QueuePolicy::Fifo).await;
+            let queued = submit(&store, &queue, "app", QueuePolicy::Fifo).await;
+            while store.deploy(running).await.unwrap().unwrap().state != DeployState::Running {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(queue.cancel(queued).await.unwrap(), Cancelled::Now);
+            assert_eq!(store.deploy(queued).await.unwrap().unwrap().state, DeployState::Cancelled);
+            assert_eq!(queue.cancel(running).await.unwrap(), Cancelled::Stopping);
+            assert_eq!(wait_final(&store, running).await.state, DeployState::Cancelled);
+            assert_eq!(queue.cancel(running).await.unwrap(), Cancelled::AlreadyEnded(DeployState::Cancelled));
+            assert_eq!(queue.cancel(9999).await.unwrap(), Cancelled::NotFound);
+            let lines = store.lines_after(running, 0, 100).await.unwrap();
+            assert_eq!(lines[0], (1, "working".to_string()));
+            assert!(lines.last().unwrap().1.starts_with(&format!("Deploy {running} cancelled")), "{lines:?}");
         }
-        assert_eq!(queue.cancel(queued).await.unwrap(), Cancelled::Now);
-        assert_eq!(store.deploy(queued).await.unwrap().unwrap().state, DeployState::Cancelled);
-        assert_eq!(queue.cancel(running).await.unwrap(), Cancelled::Stopping);
-        assert_eq!(wait_final(&store, running).await.state, DeployState::Cancelled);
-        assert_eq!(queue.cancel(running).await.unwrap(), Cancelled::AlreadyEnded(DeployState::Cancelled));
-        assert_eq!(queue.cancel(9999).await.unwrap(), Cancelled::NotFound);
-        let lines = store.lines_after(running, 0, 100).await.unwrap();
-        assert_eq!(lines[0], (1, "working".to_string()));
-        assert!(lines.last().unwrap().1.starts_with(&format!("Deploy {running} cancelled")), "{lines:?}");
     }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn a_deploy_past_its_timeout_is_stopped_as_timed_out_and_the_cap_holds() {
-        let (queue, runner, store, _dir) = queue(60_000, |config| {
-            config.deploy_timeout = Duration::from_secs(1);
-            config.max_concurrent_deploys = 1;
-        })
-        .await;
-        let first = submit(&store, &queue, "a", QueuePolicy::Fifo).await;
-        let second = submit(&store, &queue, "b", QueuePolicy::Fifo).await;
-        let deploy = wait_final(&store, first).await;
-        assert_eq!(deploy.state, DeployState::TimedOut);
-        assert!(deploy.error.unwrap().contains("deploy_timeout"));
-        assert_eq!(wait_final(&store, second).await.state, DeployState::TimedOut);
-        let log = runner.log.lock().unwrap().clone();
-        assert_eq!(log, [(first, "start"), (first, "end"), (second, "start"), (second, "end")], "one at a time");
+        // The same semantics on either store.
+        for postgres in [false, true] {
+            let (queue, runner, store, _dir) = queue(60_000, postgres, |config| {
+                config.deploy_timeout = Duration::from_secs(1);
+                config.max_concurrent_deploys = 1;
+            })
+            .await;
+            let first = submit(&store, &queue, "a", QueuePolicy::Fifo).await;
+            let second = submit(&store, &queue, "b", QueuePolicy::Fifo).await;
+            let deploy = wait_final(&store, first).await;
+            assert_eq!(deploy.state, DeployState::TimedOut);
+            assert!(deploy.error.unwrap().contains("deploy_timeout"));
+            assert_eq!(wait_final(&store, second).await.state, DeployState::TimedOut);
+            let log = runner.log.lock().unwrap().clone();
+            assert_eq!(log, [(first, "start"), (first, "end"), (second, "start"), (second, "end")], "one at a time");
+        }
     }
 }

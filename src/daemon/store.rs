@@ -10,6 +10,7 @@
 
 mod deliveries;
 mod deploy_cache;
+mod postgres;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -103,13 +104,24 @@ pub enum StageChange {
     Skipped,
 }
 
-/// The daemon's SQLite database.
+/// The daemon's database: SQLite (embedded, one daemon) or PostgreSQL (shared by several daemons).
 #[derive(Clone)]
 pub struct Store {
-    writer: SqlitePool,
-    reader: SqlitePool,
+    db: Db,
     tokens: Arc<TokenCache>,
     deploys: Arc<DeployCache>,
+}
+
+/// Which database. Every operation of [`Store`] starts by handing PostgreSQL's to [`postgres::PgStore`];
+/// the SQLite code below that line runs for SQLite only (hence [`Store::writer`]'s `unreachable!`).
+#[derive(Clone)]
+enum Db {
+    /// One writer connection (SQLite has one writer anyway) and a pool of read-only ones.
+    Sqlite {
+        writer: SqlitePool,
+        reader: SqlitePool,
+    },
+    Postgres(postgres::PgStore),
 }
 
 /// Read connections: enough for the API's handlers on a small machine (each has a thread).
@@ -139,12 +151,43 @@ impl Store {
             .connect_with(options.read_only(true))
             .await
             .map_err(sql("be opened for reading"))?;
-        Ok(Store { writer, reader, tokens: Arc::default(), deploys: Arc::default() })
+        Ok(Store { db: Db::Sqlite { writer, reader }, tokens: Arc::default(), deploys: Arc::default() })
+    }
+
+    /// Connects to PostgreSQL at `url` (`postgres://…`) and runs its migrations.
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        let pg = postgres::PgStore::connect(url).await?;
+        Ok(Store { db: Db::Postgres(pg), tokens: Arc::default(), deploys: Arc::default() })
+    }
+
+    /// Whether other daemons may share this database (PostgreSQL): then nothing read may be trusted to stay
+    /// as it was without reading it again.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.db, Db::Postgres(_))
     }
 
     pub async fn close(&self) {
-        self.reader.close().await;
-        self.writer.close().await;
+        match &self.db {
+            Db::Sqlite { writer, reader } => {
+                reader.close().await;
+                writer.close().await;
+            }
+            Db::Postgres(pg) => pg.close().await,
+        }
+    }
+
+    fn writer(&self) -> &SqlitePool {
+        match &self.db {
+            Db::Sqlite { writer, .. } => writer,
+            Db::Postgres(_) => unreachable!("PostgreSQL's operations return before SQLite's code"),
+        }
+    }
+
+    fn reader(&self) -> &SqlitePool {
+        match &self.db {
+            Db::Sqlite { reader, .. } => reader,
+            Db::Postgres(_) => unreachable!("PostgreSQL's operations return before SQLite's code"),
+        }
     }
 
     // -----------------------------------------------------------------------------------------------------
@@ -174,8 +217,11 @@ impl Store {
         policy: QueuePolicy,
         audit: Option<&DeployAudit<'_>>,
     ) -> Result<(Deploy, bool), StoreError> {
+        if let Db::Postgres(pg) = &self.db {
+            return pg.record_deploy(new, policy, audit).await;
+        }
         let now = now();
-        let mut tx = self.writer.begin().await.map_err(sql("start a transaction"))?;
+        let mut tx = self.writer().begin().await.map_err(sql("start a transaction"))?;
         // A repeated idempotency key inserts nothing (and returns no id): the deploy it made is answered.
         let inserted: Option<i64> = sqlx::query_scalar(
             "INSERT INTO deploys (service, destination, kind, version, git_ref, reason, state, requested_by, \
@@ -266,11 +312,14 @@ impl Store {
 
     /// A deploy with its stage timeline, or None.
     pub async fn deploy(&self, id: i64) -> Result<Option<Deploy>, StoreError> {
+        if let Db::Postgres(pg) = &self.db {
+            return pg.deploy(id).await;
+        }
         if let Some(deploy) = self.deploys.get(id) {
             return Ok(Some(deploy));
         }
         let generation = self.deploys.generation();
-        let mut connection = self.reader.acquire().await.map_err(sql("read a deploy"))?;
+        let mut connection = self.reader().acquire().await.map_err(sql("read a deploy"))?;
         let deploy = read_deploy(&mut connection, id).await?;
         if let Some(deploy) = &deploy {
             self.deploys.put(deploy, generation);
@@ -280,6 +329,9 @@ impl Store {
 
     /// Deploys, newest first (without their stages).
     pub async fn list_deploys(&self, filter: &DeployFilter) -> Result<Vec<Deploy>, StoreError> {
+        if let Db::Postgres(pg) = &self.db {
+            return pg.list_deploys(filter).await;
+        }
         let rows = sqlx::query(audited(format!(
             "SELECT {DEPLOY_COLUMNS} FROM deploys WHERE (?1 IS NULL OR service = ?1) AND (?2 IS NULL OR state = ?2) \
              AND (?3 IS NULL OR id < ?3) ORDER BY id DESC LIMIT ?4"
@@ -288,7 +340,7 @@ impl Store {
         .bind(filter.state.map(DeployState::name))
         .bind(filter.before)
         .bind(filter.limit)
-        .fetch_all(&self.reader)
+        .fetch_all(self.reader())
         .await
         .map_err(sql("list deploys"))?;
         Ok(rows.iter().map(deploy_from_row).collect())
@@ -311,6 +363,9 @@ impl Store {
     /// ahead of the first runnable one (≈0.4 µs each); it runs on a read connection, so log lines and new
     /// requests never wait for it (what it reads was committed: claims are, before the next pass).
     pub async fn runnable(&self, limit: i64) -> Result<Vec<Deploy>, StoreError> {
+        if let Db::Postgres(pg) = &self.db {
+            return pg.runnable(limit).await;
+        }
         let rows = sqlx::query(audited(format!(
             "WITH running AS MATERIALIZED (SELECT DISTINCT service, destination FROM deploys \
              WHERE state = 'running') \
@@ -319,7 +374,7 @@ impl Store {
              ORDER BY id LIMIT ?"
         )))
         .bind(limit)
-        .fetch_all(&self.reader)
+        .fetch_all(self.reader())
         .await
         .map_err(sql("find runnable deploys"))?;
         Ok(rows.iter().map(deploy_from_row).collect())
@@ -328,6 +383,9 @@ impl Store {
     /// Makes a queued deploy `running` by `runner` (the daemon instance); false when it is no longer queued
     /// (cancelled or superseded meanwhile).
     pub async fn claim(&self, id: i64, runner: &str) -> Result<bool, StoreError> {
+        if let Db::Postgres(pg) = &self.db {
+            return pg.claim(id, runner).await;
+        }
         let done = sqlx::query(
             "UPDATE deploys SET state = 'running', started_at = ?, runner = ? WHERE id = ? AND state = 'queued' \
              AND cancel_requested = 0",
@@ -335,26 +393,37 @@ impl Store {
         .bind(now())
         .bind(runner)
         .bind(id)
-        .execute(&self.writer)
+        .execute(self.writer())
         .await;
         self.deploys.changed(id);
-        Ok(done.map_err(sql("claim a deploy"))?.rows_affected() == 1)
+        match done {
+            Ok(done) => Ok(done.rows_affected() == 1),
+            // Another deploy of the service runs: the unique index of running deploys refuses this one.
+            Err(sqlx::Error::Database(error)) if error.is_unique_violation() => Ok(false),
+            Err(error) => Err(StoreError::Sql { action: "claim a deploy", source: error }),
+        }
     }
 
     pub async fn running_count(&self) -> Result<i64, StoreError> {
+        if let Db::Postgres(pg) = &self.db {
+            return pg.running_count().await;
+        }
         sqlx::query_scalar("SELECT COUNT(*) FROM deploys WHERE state = 'running'")
-            .fetch_one(&self.reader)
+            .fetch_one(self.reader())
             .await
             .map_err(sql("count running deploys"))
     }
 
     /// Records what the runner resolved: the version deployed and the commit it came from.
     pub async fn set_resolved(&self, id: i64, version: &str, commit: Option<&str>) -> Result<(), StoreError> {
+        if let Db::Postgres(pg) = &self.db {
+            return pg.set_resolved(id, version, commit).await;
+        }
         let done = sqlx::query("UPDATE deploys SET version = ?, git_commit = COALESCE(?, git_commit) WHERE id = ?")
             .bind(version)
             .bind(commit)
             .bind(id)
-            .execute(&self.writer)
+            .execute(self.writer())
             .await;
         self.deploys.changed(id);
         done.map_err(sql("record the deploy's version"))?;
@@ -363,8 +432,11 @@ impl Store {
 
     /// Ends a running deploy. Stages still running end `failed` (unless it succeeded).
     pub async fn finish(&self, id: i64, state: DeployState, error: Option<&str>) -> Result<(), StoreError> {
+        if let Db::Postgres(pg) = &self.db {
+            return pg.finish(id, state, error).await;
+        }
         let now = now();
-        let mut tx = self.writer.begin().await.map_err(sql("start a transaction"))?;
+        let mut tx = self.writer().begin().await.map_err(sql("start a transaction"))?;
         sqlx::query("UPDATE deploys SET state = ?, error = ?, ended_at = ? WHERE id = ? AND state = 'running'")
             .bind(state.name())
             .bind(error)
@@ -399,9 +471,12 @@ impl Store {
         host: Option<&str>,
         change: StageChange,
     ) -> Result<(), StoreError> {
+        if let Db::Postgres(pg) = &self.db {
+            return pg.stage_changed(id, stage, host, change).await;
+        }
         let now = now();
         let position = stage_names().position(|name| name == stage).unwrap_or(99) as i64;
-        let mut tx = self.writer.begin().await.map_err(sql("start a transaction"))?;
+        let mut tx = self.writer().begin().await.map_err(sql("start a transaction"))?;
         let state = match change {
             StageChange::Started => "running",
             StageChange::Succeeded => "succeeded",
@@ -479,13 +554,16 @@ impl Store {
 
     /// Cancels a queued deploy at once; false when it was not queued.
     pub async fn cancel_queued(&self, id: i64) -> Result<bool, StoreError> {
+        if let Db::Postgres(pg) = &self.db {
+            return pg.cancel_queued(id).await;
+        }
         let done = sqlx::query(
             "UPDATE deploys SET state = 'cancelled', cancel_requested = 1, ended_at = ?, \
              error = 'cancelled before it started' WHERE id = ? AND state = 'queued'",
         )
         .bind(now())
         .bind(id)
-        .execute(&self.writer)
+        .execute(self.writer())
         .await;
         self.deploys.changed(id);
         Ok(done.map_err(sql("cancel a deploy"))?.rows_affected() == 1)
@@ -494,16 +572,23 @@ impl Store {
     /// Records that a running deploy was asked to stop (`cancel_requested` is not part of a deploy as read,
     /// so the deploy cache is unaffected).
     pub async fn request_cancel(&self, id: i64) -> Result<(), StoreError> {
+        if let Db::Postgres(pg) = &self.db {
+            return pg.request_cancel(id).await;
+        }
         sqlx::query("UPDATE deploys SET cancel_requested = 1 WHERE id = ? AND state = 'running'")
             .bind(id)
-            .execute(&self.writer)
+            .execute(self.writer())
             .await
             .map_err(sql("record a cancel request"))?;
         Ok(())
     }
 
-    /// At start: deploys left `running` by a daemon that stopped become `interrupted`. Returns them.
-    pub async fn interrupt_running(&self, error: &str) -> Result<Vec<Deploy>, StoreError> {
+    /// At start: deploys left `running` by this daemon (`runner`; on SQLite, by any: one daemon per database)
+    /// become `interrupted`. Returns them.
+    pub async fn interrupt_running(&self, runner: &str, error: &str) -> Result<Vec<Deploy>, StoreError> {
+        if let Db::Postgres(pg) = &self.db {
+            return pg.interrupt_running(runner, error).await;
+        }
         let result = self.mark_interrupted(error).await;
         self.deploys.changed_all();
         result
@@ -516,14 +601,14 @@ impl Store {
         )))
         .bind(now())
         .bind(error)
-        .fetch_all(&self.writer)
+        .fetch_all(self.writer())
         .await
         .map_err(sql("mark interrupted deploys"))?;
         let now = now();
         for table in ["deploy_stages", "deploy_stage_hosts"] {
             sqlx::query(audited(format!("UPDATE {table} SET state = 'failed', ended_at = ? WHERE state = 'running'")))
                 .bind(&now)
-                .execute(&self.writer)
+                .execute(self.writer())
                 .await
                 .map_err(sql("end interrupted stages"))?;
         }
@@ -535,11 +620,14 @@ impl Store {
 
     /// Stores log lines (already redacted) with their sequence numbers, in one transaction.
     pub async fn append_lines(&self, id: i64, lines: &[(i64, String)]) -> Result<(), StoreError> {
+        if let Db::Postgres(pg) = &self.db {
+            return pg.append_lines(id, lines).await;
+        }
         if lines.is_empty() {
             return Ok(());
         }
         let now = now();
-        let mut tx = self.writer.begin().await.map_err(sql("start a transaction"))?;
+        let mut tx = self.writer().begin().await.map_err(sql("start a transaction"))?;
         for (seq, line) in lines {
             sqlx::query("INSERT INTO deploy_log_lines (deploy_id, seq, at, line) VALUES (?, ?, ?, ?)")
                 .bind(id)
@@ -556,12 +644,15 @@ impl Store {
 
     /// Log lines after sequence number `after`, in order, at most `limit`.
     pub async fn lines_after(&self, id: i64, after: i64, limit: i64) -> Result<Vec<(i64, String)>, StoreError> {
+        if let Db::Postgres(pg) = &self.db {
+            return pg.lines_after(id, after, limit).await;
+        }
         let rows =
             sqlx::query("SELECT seq, line FROM deploy_log_lines WHERE deploy_id = ? AND seq > ? ORDER BY seq LIMIT ?")
                 .bind(id)
                 .bind(after)
                 .bind(limit)
-                .fetch_all(&self.reader)
+                .fetch_all(self.reader())
                 .await
                 .map_err(sql("read log lines"))?;
         Ok(rows.iter().map(|row| (row.get("seq"), row.get("line"))).collect())
@@ -569,10 +660,13 @@ impl Store {
 
     /// Deletes the log lines of deploys that ended before `cutoff` (RFC 3339); returns how many.
     pub async fn prune_logs(&self, cutoff: &str) -> Result<u64, StoreError> {
+        if let Db::Postgres(pg) = &self.db {
+            return pg.prune_logs(cutoff).await;
+        }
         let done =
             sqlx::query("DELETE FROM deploy_log_lines WHERE deploy_id IN (SELECT id FROM deploys WHERE ended_at < ?)")
                 .bind(cutoff)
-                .execute(&self.writer)
+                .execute(self.writer())
                 .await
                 .map_err(sql("delete old log lines"))?;
         Ok(done.rows_affected())
@@ -588,6 +682,9 @@ impl Store {
         scope: Scope,
         service: Option<&str>,
     ) -> Result<i64, StoreError> {
+        if let Db::Postgres(pg) = &self.db {
+            return pg.insert_token(name, hash, scope, service).await;
+        }
         sqlx::query_scalar(
             "INSERT INTO api_tokens (name, token_hash, scope, service, created_at) VALUES (?, ?, ?, ?, ?) RETURNING id",
         )
@@ -596,7 +693,7 @@ impl Store {
         .bind(scope.name())
         .bind(service)
         .bind(now())
-        .fetch_one(&self.writer)
+        .fetch_one(self.writer())
         .await
         .map_err(sql("store a token"))
     }
@@ -606,6 +703,9 @@ impl Store {
     ///
     /// [`TOKEN_CACHE_TTL`]: super::auth::TOKEN_CACHE_TTL
     pub async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenInfo>, StoreError> {
+        if let Db::Postgres(pg) = &self.db {
+            return pg.token_by_hash(hash).await;
+        }
         if let Some(token) = self.tokens.get(hash) {
             return Ok(Some(token));
         }
@@ -613,7 +713,7 @@ impl Store {
             "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = ? AND revoked_at IS NULL"
         )))
         .bind(hash)
-        .fetch_optional(&self.reader)
+        .fetch_optional(self.reader())
         .await
         .map_err(sql("look up a token"))?;
         let token = row.as_ref().map(token_from_row);
@@ -624,8 +724,11 @@ impl Store {
     }
 
     pub async fn list_tokens(&self) -> Result<Vec<TokenInfo>, StoreError> {
+        if let Db::Postgres(pg) = &self.db {
+            return pg.list_tokens().await;
+        }
         let rows = sqlx::query(audited(format!("SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY id")))
-            .fetch_all(&self.reader)
+            .fetch_all(self.reader())
             .await
             .map_err(sql("list tokens"))?;
         Ok(rows.iter().map(token_from_row).collect())
@@ -633,10 +736,13 @@ impl Store {
 
     /// Revokes a token; false when there is no such token (or it was revoked already).
     pub async fn revoke_token(&self, id: i64) -> Result<bool, StoreError> {
+        if let Db::Postgres(pg) = &self.db {
+            return pg.revoke_token(id).await;
+        }
         let done = sqlx::query("UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
             .bind(now())
             .bind(id)
-            .execute(&self.writer)
+            .execute(self.writer())
             .await
             .map_err(sql("revoke a token"))?;
         self.tokens.forget(id);
@@ -644,6 +750,9 @@ impl Store {
     }
 
     pub async fn audit(&self, entry: &NewAudit<'_>) -> Result<(), StoreError> {
+        if let Db::Postgres(pg) = &self.db {
+            return pg.audit(entry).await;
+        }
         // One statement, committed on its own.
         sqlx::query(
             "INSERT INTO audit_log (at, token_id, actor, action, target, status, remote_addr) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -655,7 +764,7 @@ impl Store {
         .bind(entry.target)
         .bind(entry.status as i64)
         .bind(entry.remote_addr)
-        .execute(&self.writer)
+        .execute(self.writer())
         .await
         .map_err(sql("record an audit entry"))?;
         Ok(())
@@ -663,13 +772,16 @@ impl Store {
 
     /// Audit entries, newest first.
     pub async fn list_audit(&self, before: Option<i64>, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
+        if let Db::Postgres(pg) = &self.db {
+            return pg.list_audit(before, limit).await;
+        }
         let rows = sqlx::query(
             "SELECT id, at, actor, action, target, status, remote_addr FROM audit_log \
              WHERE (?1 IS NULL OR id < ?1) ORDER BY id DESC LIMIT ?2",
         )
         .bind(before)
         .bind(limit)
-        .fetch_all(&self.reader)
+        .fetch_all(self.reader())
         .await
         .map_err(sql("read the audit log"))?;
         Ok(rows
@@ -691,8 +803,11 @@ impl Store {
 
     /// How many deploys are in each state.
     pub async fn deploys_by_state(&self) -> Result<Vec<(DeployState, i64)>, StoreError> {
+        if let Db::Postgres(pg) = &self.db {
+            return pg.deploys_by_state().await;
+        }
         let rows = sqlx::query("SELECT state, COUNT(*) AS count FROM deploys GROUP BY state")
-            .fetch_all(&self.reader)
+            .fetch_all(self.reader())
             .await
             .map_err(sql("count deploys"))?;
         Ok(rows.iter().filter_map(|row| Some((DeployState::parse(row.get("state"))?, row.get("count")))).collect())
@@ -700,12 +815,15 @@ impl Store {
 
     /// Per stage: how many ended, and their total duration in seconds.
     pub async fn stage_durations(&self) -> Result<Vec<(String, i64, f64)>, StoreError> {
+        if let Db::Postgres(pg) = &self.db {
+            return pg.stage_durations().await;
+        }
         let rows = sqlx::query(
             "SELECT name, COUNT(*) AS count, \
              SUM((julianday(ended_at) - julianday(started_at)) * 86400.0) AS seconds \
              FROM deploy_stages WHERE started_at IS NOT NULL AND ended_at IS NOT NULL GROUP BY name",
         )
-        .fetch_all(&self.reader)
+        .fetch_all(self.reader())
         .await
         .map_err(sql("sum stage durations"))?;
         Ok(rows
@@ -755,12 +873,19 @@ async fn read_deploy(connection: &mut SqliteConnection, id: i64) -> Result<Optio
     .await
     .map_err(sql("read a deploy"))?;
     let Some(row) = row else { return Ok(None) };
-    let mut deploy = deploy_from_row(&row);
-    type StageRow = (String, String, Option<String>, Option<String>);
-    type HostRow = (String, String, String, Option<String>, Option<String>);
     // Written by SQLite's json functions just above: they parse.
     let stages: Vec<StageRow> = serde_json::from_str(row.get("stage_rows")).unwrap_or_default();
-    let mut hosts: Vec<HostRow> = serde_json::from_str(row.get("host_rows")).unwrap_or_default();
+    let hosts: Vec<HostRow> = serde_json::from_str(row.get("host_rows")).unwrap_or_default();
+    Ok(Some(with_timeline(deploy_from_row(&row), stages, hosts)))
+}
+
+/// A stage as stored: name, state, started, ended.
+type StageRow = (String, String, Option<String>, Option<String>);
+/// A host's part in a stage as stored: stage, host, state, started, ended.
+type HostRow = (String, String, String, Option<String>, Option<String>);
+
+/// A deploy with its stage timeline put together from the stored rows (both stores).
+fn with_timeline(mut deploy: Deploy, stages: Vec<StageRow>, mut hosts: Vec<HostRow>) -> Deploy {
     hosts.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
     deploy.stages = pending_stages();
     for (name, state, started_at, ended_at) in stages {
@@ -783,7 +908,7 @@ async fn read_deploy(connection: &mut SqliteConnection, id: i64) -> Result<Optio
             }
         }
     }
-    Ok(Some(deploy))
+    deploy
 }
 
 async fn insert_audit(
@@ -844,14 +969,69 @@ pub fn now() -> String {
     crate::utc::now_millis()
 }
 
+/// A new, empty database on the test run's PostgreSQL (`BERTH_TEST_DATABASE_URL`, started by
+/// scripts/test.sh), for the store's and the queue's tests.
+#[cfg(test)]
+pub(crate) async fn test_database() -> String {
+    let server = std::env::var("BERTH_TEST_DATABASE_URL").expect(
+        "BERTH_TEST_DATABASE_URL names the test run's PostgreSQL: run `bash scripts/test.sh`, which starts one \
+         (tests/postgres/cluster.sh)",
+    );
+    postgres::create_test_database(&server).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    async fn store() -> (Store, tempfile::TempDir) {
+    /// A fresh database of each kind: SQLite in a temporary directory, and a new database on the test run's
+    /// PostgreSQL (`BERTH_TEST_DATABASE_URL`, started by scripts/test.sh). Every store test runs on both.
+    async fn stores() -> Vec<TestStore> {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("berth.sqlite")).await.unwrap();
-        (store, dir)
+        let sqlite = Store::open(&dir.path().join("berth.sqlite")).await.unwrap();
+        let url = test_database().await;
+        let postgres = Store::connect(&url).await.unwrap();
+        vec![
+            TestStore { store: sqlite, reopen: Reopen::Sqlite(dir) },
+            TestStore { store: postgres, reopen: Reopen::Postgres(url) },
+        ]
+    }
+
+    struct TestStore {
+        store: Store,
+        reopen: Reopen,
+    }
+
+    enum Reopen {
+        Sqlite(tempfile::TempDir),
+        Postgres(String),
+    }
+
+    impl TestStore {
+        /// The same database opened again, as a restarted daemon would.
+        async fn reopened(&self) -> Store {
+            self.store.close().await;
+            match &self.reopen {
+                Reopen::Sqlite(dir) => Store::open(&dir.path().join("berth.sqlite")).await.unwrap(),
+                Reopen::Postgres(url) => Store::connect(url).await.unwrap(),
+            }
+        }
+
+        /// Sets when a deploy ended (tests of time-based rules).
+        async fn backdate_end(&self, id: i64, ended_at: &str) {
+            match &self.store.db {
+                Db::Sqlite { writer, .. } => {
+                    sqlx::query("UPDATE deploys SET ended_at = ? WHERE id = ?")
+                        .bind(ended_at)
+                        .bind(id)
+                        .execute(writer)
+                        .await
+                        .unwrap();
+                }
+                Db::Postgres(pg) => pg.backdate_end_for_test(id, ended_at).await,
+            }
+            self.store.deploys.changed(id);
+        }
     }
 
     fn request(service: &str) -> NewDeploy {
@@ -860,196 +1040,207 @@ mod tests {
 
     #[tokio::test]
     async fn latest_supersedes_queued_and_fifo_keeps_them() {
-        let (store, _dir) = store().await;
-        let (first, _) = store.insert_deploy(&request("app"), QueuePolicy::Latest).await.unwrap();
-        assert!(store.claim(first.id, "test").await.unwrap());
-        let (second, _) = store.insert_deploy(&request("app"), QueuePolicy::Latest).await.unwrap();
-        let (third, _) = store.insert_deploy(&request("app"), QueuePolicy::Latest).await.unwrap();
-        assert_eq!(store.deploy(second.id).await.unwrap().unwrap().state, DeployState::Superseded);
-        assert_eq!(store.deploy(third.id).await.unwrap().unwrap().state, DeployState::Queued);
-        assert!(store.runnable(10).await.unwrap().is_empty(), "app is running: nothing else of it runs");
-        let (other, _) = store.insert_deploy(&request("web"), QueuePolicy::Fifo).await.unwrap();
-        let (other2, _) = store.insert_deploy(&request("web"), QueuePolicy::Fifo).await.unwrap();
-        let runnable: Vec<i64> = store.runnable(10).await.unwrap().iter().map(|d| d.id).collect();
-        assert_eq!(runnable, [other.id, other2.id], "fifo keeps both, oldest first");
-        store.finish(first.id, DeployState::Succeeded, None).await.unwrap();
-        let runnable: Vec<i64> = store.runnable(10).await.unwrap().iter().map(|d| d.id).collect();
-        assert_eq!(runnable, [third.id, other.id, other2.id]);
+        for test in stores().await {
+            let store = &test.store;
+            let (first, _) = store.insert_deploy(&request("app"), QueuePolicy::Latest).await.unwrap();
+            assert!(store.claim(first.id, "test").await.unwrap());
+            let (second, _) = store.insert_deploy(&request("app"), QueuePolicy::Latest).await.unwrap();
+            let (third, _) = store.insert_deploy(&request("app"), QueuePolicy::Latest).await.unwrap();
+            assert_eq!(store.deploy(second.id).await.unwrap().unwrap().state, DeployState::Superseded);
+            assert_eq!(store.deploy(third.id).await.unwrap().unwrap().state, DeployState::Queued);
+            assert!(store.runnable(10).await.unwrap().is_empty(), "app is running: nothing else of it runs");
+            let (other, _) = store.insert_deploy(&request("web"), QueuePolicy::Fifo).await.unwrap();
+            let (other2, _) = store.insert_deploy(&request("web"), QueuePolicy::Fifo).await.unwrap();
+            let runnable: Vec<i64> = store.runnable(10).await.unwrap().iter().map(|d| d.id).collect();
+            assert_eq!(runnable, [other.id, other2.id], "fifo keeps both, oldest first");
+            store.finish(first.id, DeployState::Succeeded, None).await.unwrap();
+            let runnable: Vec<i64> = store.runnable(10).await.unwrap().iter().map(|d| d.id).collect();
+            assert_eq!(runnable, [third.id, other.id, other2.id]);
+        }
     }
 
     #[tokio::test]
     async fn idempotency_keys_give_back_the_first_deploy() {
-        let (store, _dir) = store().await;
-        let keyed = NewDeploy { idempotency_key: Some("k1".into()), ..request("app") };
-        let (first, created) = store.insert_deploy(&keyed, QueuePolicy::Fifo).await.unwrap();
-        assert!(created);
-        let (again, created) = store.insert_deploy(&keyed, QueuePolicy::Fifo).await.unwrap();
-        assert!(!created);
-        assert_eq!(again.id, first.id);
-        assert_eq!(store.list_deploys(&DeployFilter { limit: 10, ..Default::default() }).await.unwrap().len(), 1);
+        for test in stores().await {
+            let store = &test.store;
+            let keyed = NewDeploy { idempotency_key: Some("k1".into()), ..request("app") };
+            let (first, created) = store.insert_deploy(&keyed, QueuePolicy::Fifo).await.unwrap();
+            assert!(created);
+            let (again, created) = store.insert_deploy(&keyed, QueuePolicy::Fifo).await.unwrap();
+            assert!(!created);
+            assert_eq!(again.id, first.id);
+            assert_eq!(store.list_deploys(&DeployFilter { limit: 10, ..Default::default() }).await.unwrap().len(), 1);
+        }
     }
 
     #[tokio::test]
     async fn a_request_and_its_audit_entry_are_stored_together_also_when_its_key_was_used() {
-        let (store, _dir) = store().await;
-        let audit = DeployAudit {
-            token_id: Some(7),
-            actor: "ci",
-            action: "POST /deploys",
-            status: 202,
-            remote_addr: Some("10.0.0.1"),
-            target: |deploy| format!("deploy {} of {}", deploy.id, deploy.service),
-        };
-        let keyed = NewDeploy { idempotency_key: Some("7:k1".into()), ..request("app") };
-        let (first, created) = store.insert_deploy_audited(&keyed, QueuePolicy::Latest, &audit).await.unwrap();
-        assert!(created);
-        assert_eq!(first.state, DeployState::Queued);
-        let (again, created) = store.insert_deploy_audited(&keyed, QueuePolicy::Latest, &audit).await.unwrap();
-        assert!(!created);
-        assert_eq!(again, store.deploy(first.id).await.unwrap().unwrap(), "the deploy as stored, with its stages");
-        let (other, _) = store.insert_deploy_audited(&request("app"), QueuePolicy::Latest, &audit).await.unwrap();
-        assert_eq!(store.deploy(other.id).await.unwrap().unwrap().state, DeployState::Queued);
-        assert_eq!(store.deploy(first.id).await.unwrap().unwrap().state, DeployState::Queued, "it runs next");
-        let entries = store.list_audit(None, 10).await.unwrap();
-        let targets: Vec<&str> = entries.iter().filter_map(|entry| entry.target.as_deref()).collect();
-        assert_eq!(
-            targets,
-            [
-                format!("deploy {} of app", other.id),
-                format!("deploy {} of app", first.id),
-                format!("deploy {} of app", first.id)
-            ]
-        );
-        assert!(entries.iter().all(|entry| entry.actor == "ci" && entry.status == 202));
-        assert_eq!(entries[0].remote_addr.as_deref(), Some("10.0.0.1"));
-        assert_eq!(store.list_deploys(&DeployFilter { limit: 10, ..Default::default() }).await.unwrap().len(), 2);
+        for test in stores().await {
+            let store = &test.store;
+            let audit = DeployAudit {
+                token_id: Some(7),
+                actor: "ci",
+                action: "POST /deploys",
+                status: 202,
+                remote_addr: Some("10.0.0.1"),
+                target: |deploy| format!("deploy {} of {}", deploy.id, deploy.service),
+            };
+            let keyed = NewDeploy { idempotency_key: Some("7:k1".into()), ..request("app") };
+            let (first, created) = store.insert_deploy_audited(&keyed, QueuePolicy::Latest, &audit).await.unwrap();
+            assert!(created);
+            assert_eq!(first.state, DeployState::Queued);
+            let (again, created) = store.insert_deploy_audited(&keyed, QueuePolicy::Latest, &audit).await.unwrap();
+            assert!(!created);
+            assert_eq!(again, store.deploy(first.id).await.unwrap().unwrap(), "the deploy as stored, with its stages");
+            let (other, _) = store.insert_deploy_audited(&request("app"), QueuePolicy::Latest, &audit).await.unwrap();
+            assert_eq!(store.deploy(other.id).await.unwrap().unwrap().state, DeployState::Queued);
+            assert_eq!(store.deploy(first.id).await.unwrap().unwrap().state, DeployState::Queued, "it runs next");
+            let entries = store.list_audit(None, 10).await.unwrap();
+            let targets: Vec<&str> = entries.iter().filter_map(|entry| entry.target.as_deref()).collect();
+            assert_eq!(
+                targets,
+                [
+                    format!("deploy {} of app", other.id),
+                    format!("deploy {} of app", first.id),
+                    format!("deploy {} of app", first.id)
+                ]
+            );
+            assert!(entries.iter().all(|entry| entry.actor == "ci" && entry.status == 202));
+            assert_eq!(entries[0].remote_addr.as_deref(), Some("10.0.0.1"));
+            assert_eq!(store.list_deploys(&DeployFilter { limit: 10, ..Default::default() }).await.unwrap().len(), 2);
+        }
     }
 
     #[tokio::test]
     async fn runnable_skips_services_that_run_however_many_are_queued() {
-        let (store, _dir) = store().await;
-        let (running, _) = store.insert_deploy(&request("app"), QueuePolicy::Fifo).await.unwrap();
-        assert!(store.claim(running.id, "test").await.unwrap());
-        let mut queued = Vec::new();
-        for _ in 0..200 {
-            queued.push(store.insert_deploy(&request("app"), QueuePolicy::Fifo).await.unwrap().0.id);
+        for test in stores().await {
+            let store = &test.store;
+            let (running, _) = store.insert_deploy(&request("app"), QueuePolicy::Fifo).await.unwrap();
+            assert!(store.claim(running.id, "test").await.unwrap());
+            let mut queued = Vec::new();
+            for _ in 0..200 {
+                queued.push(store.insert_deploy(&request("app"), QueuePolicy::Fifo).await.unwrap().0.id);
+            }
+            let web = NewDeploy { destination: Some("production".into()), ..request("web") };
+            let (other, _) = store.insert_deploy(&web, QueuePolicy::Fifo).await.unwrap();
+            let runnable: Vec<i64> = store.runnable(64).await.unwrap().iter().map(|d| d.id).collect();
+            assert_eq!(runnable, [other.id]);
+            store.finish(running.id, DeployState::Failed, Some("failed")).await.unwrap();
+            let runnable: Vec<i64> = store.runnable(3).await.unwrap().iter().map(|d| d.id).collect();
+            assert_eq!(runnable, queued[..3]);
         }
-        let web = NewDeploy { destination: Some("production".into()), ..request("web") };
-        let (other, _) = store.insert_deploy(&web, QueuePolicy::Fifo).await.unwrap();
-        let runnable: Vec<i64> = store.runnable(64).await.unwrap().iter().map(|d| d.id).collect();
-        assert_eq!(runnable, [other.id]);
-        store.finish(running.id, DeployState::Failed, Some("failed")).await.unwrap();
-        let runnable: Vec<i64> = store.runnable(3).await.unwrap().iter().map(|d| d.id).collect();
-        assert_eq!(runnable, queued[..3]);
     }
 
     #[tokio::test]
     async fn a_deploy_read_again_after_each_change_shows_the_change() {
-        let (store, _dir) = store().await;
-        let read = |id: i64| {
-            let store = store.clone();
-            async move { store.deploy(id).await.unwrap().unwrap() }
-        };
-        let (a, _) = store.insert_deploy(&request("app"), QueuePolicy::Latest).await.unwrap();
-        assert_eq!(read(a.id).await.state, DeployState::Queued);
-        store.claim(a.id, "test").await.unwrap();
-        assert_eq!(read(a.id).await.state, DeployState::Running);
-        store.set_resolved(a.id, "v2", Some("abc")).await.unwrap();
-        assert_eq!(read(a.id).await.commit.as_deref(), Some("abc"));
-        store.stage_changed(a.id, "pull", Some("h1"), StageChange::Started).await.unwrap();
-        assert_eq!(read(a.id).await.stage.as_deref(), Some("pull"));
-        let (b, _) = store.insert_deploy(&request("app"), QueuePolicy::Latest).await.unwrap();
-        assert_eq!(read(b.id).await.state, DeployState::Queued);
-        let (c, _) = store.insert_deploy(&request("app"), QueuePolicy::Latest).await.unwrap();
-        assert_eq!(read(b.id).await.state, DeployState::Superseded, "superseded by c while a runs");
-        assert!(store.cancel_queued(c.id).await.unwrap());
-        assert_eq!(read(c.id).await.state, DeployState::Cancelled);
-        store.finish(a.id, DeployState::Failed, Some("no")).await.unwrap();
-        let ended = read(a.id).await;
-        assert_eq!((ended.state, ended.stages[2].state), (DeployState::Failed, StageState::Failed));
-        let (d, _) = store.insert_deploy(&request("web"), QueuePolicy::Fifo).await.unwrap();
-        store.claim(d.id, "test").await.unwrap();
-        assert_eq!(read(d.id).await.state, DeployState::Running);
-        store.interrupt_running("stopped").await.unwrap();
-        assert_eq!(read(d.id).await.state, DeployState::Interrupted);
+        for test in stores().await {
+            let store = &test.store;
+            let read = |id: i64| {
+                let store = store.clone();
+                async move { store.deploy(id).await.unwrap().unwrap() }
+            };
+            let (a, _) = store.insert_deploy(&request("app"), QueuePolicy::Latest).await.unwrap();
+            assert_eq!(read(a.id).await.state, DeployState::Queued);
+            store.claim(a.id, "test").await.unwrap();
+            assert_eq!(read(a.id).await.state, DeployState::Running);
+            store.set_resolved(a.id, "v2", Some("abc")).await.unwrap();
+            assert_eq!(read(a.id).await.commit.as_deref(), Some("abc"));
+            store.stage_changed(a.id, "pull", Some("h1"), StageChange::Started).await.unwrap();
+            assert_eq!(read(a.id).await.stage.as_deref(), Some("pull"));
+            let (b, _) = store.insert_deploy(&request("app"), QueuePolicy::Latest).await.unwrap();
+            assert_eq!(read(b.id).await.state, DeployState::Queued);
+            let (c, _) = store.insert_deploy(&request("app"), QueuePolicy::Latest).await.unwrap();
+            assert_eq!(read(b.id).await.state, DeployState::Superseded, "superseded by c while a runs");
+            assert!(store.cancel_queued(c.id).await.unwrap());
+            assert_eq!(read(c.id).await.state, DeployState::Cancelled);
+            store.finish(a.id, DeployState::Failed, Some("no")).await.unwrap();
+            let ended = read(a.id).await;
+            assert_eq!((ended.state, ended.stages[2].state), (DeployState::Failed, StageState::Failed));
+            let (d, _) = store.insert_deploy(&request("web"), QueuePolicy::Fifo).await.unwrap();
+            store.claim(d.id, "test").await.unwrap();
+            assert_eq!(read(d.id).await.state, DeployState::Running);
+            store.interrupt_running("test", "stopped").await.unwrap();
+            assert_eq!(read(d.id).await.state, DeployState::Interrupted);
+        }
     }
 
     #[tokio::test]
     async fn stages_per_host_roll_up() {
-        let (store, _dir) = store().await;
-        let (deploy, _) = store.insert_deploy(&request("app"), QueuePolicy::Latest).await.unwrap();
-        store.claim(deploy.id, "test").await.unwrap();
-        store.stage_changed(deploy.id, "build", None, StageChange::Skipped).await.unwrap();
-        for host in ["h1", "h2"] {
-            store.stage_changed(deploy.id, "pull", Some(host), StageChange::Started).await.unwrap();
+        for test in stores().await {
+            let store = &test.store;
+            let (deploy, _) = store.insert_deploy(&request("app"), QueuePolicy::Latest).await.unwrap();
+            store.claim(deploy.id, "test").await.unwrap();
+            store.stage_changed(deploy.id, "build", None, StageChange::Skipped).await.unwrap();
+            for host in ["h1", "h2"] {
+                store.stage_changed(deploy.id, "pull", Some(host), StageChange::Started).await.unwrap();
+            }
+            store.stage_changed(deploy.id, "pull", Some("h1"), StageChange::Succeeded).await.unwrap();
+            let pull = |deploy: Deploy| deploy.stages.into_iter().find(|s| s.name == "pull").unwrap();
+            let stage = pull(store.deploy(deploy.id).await.unwrap().unwrap());
+            assert_eq!(stage.state, StageState::Running);
+            assert!(stage.ended_at.is_none());
+            store.stage_changed(deploy.id, "pull", Some("h2"), StageChange::Succeeded).await.unwrap();
+            let read = store.deploy(deploy.id).await.unwrap().unwrap();
+            assert_eq!(read.stage.as_deref(), Some("pull"));
+            let names: Vec<&str> = read.stages.iter().map(|s| s.name.as_str()).collect();
+            assert_eq!(names, ["build", "push", "pull", "boot", "healthcheck", "cutover", "prune"]);
+            assert_eq!(read.stages[0].state, StageState::Skipped);
+            let stage = pull(read);
+            assert_eq!(stage.state, StageState::Succeeded);
+            assert_eq!(stage.hosts.len(), 2);
+            assert!(stage.hosts.iter().all(|h| h.started_at.is_some() && h.ended_at.is_some()));
+            store.stage_changed(deploy.id, "boot", Some("h1"), StageChange::Started).await.unwrap();
+            store.finish(deploy.id, DeployState::Cancelled, Some("cancelled")).await.unwrap();
+            let read = store.deploy(deploy.id).await.unwrap().unwrap();
+            assert_eq!(read.state, DeployState::Cancelled);
+            let boot = read.stages.iter().find(|s| s.name == "boot").unwrap();
+            assert_eq!((boot.state, boot.hosts[0].state), (StageState::Failed, StageState::Failed));
+            assert_eq!(read.stages.iter().find(|s| s.name == "prune").unwrap().state, StageState::Skipped);
         }
-        store.stage_changed(deploy.id, "pull", Some("h1"), StageChange::Succeeded).await.unwrap();
-        let pull = |deploy: Deploy| deploy.stages.into_iter().find(|s| s.name == "pull").unwrap();
-        let stage = pull(store.deploy(deploy.id).await.unwrap().unwrap());
-        assert_eq!(stage.state, StageState::Running);
-        assert!(stage.ended_at.is_none());
-        store.stage_changed(deploy.id, "pull", Some("h2"), StageChange::Succeeded).await.unwrap();
-        let read = store.deploy(deploy.id).await.unwrap().unwrap();
-        assert_eq!(read.stage.as_deref(), Some("pull"));
-        let names: Vec<&str> = read.stages.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, ["build", "push", "pull", "boot", "healthcheck", "cutover", "prune"]);
-        assert_eq!(read.stages[0].state, StageState::Skipped);
-        let stage = pull(read);
-        assert_eq!(stage.state, StageState::Succeeded);
-        assert_eq!(stage.hosts.len(), 2);
-        assert!(stage.hosts.iter().all(|h| h.started_at.is_some() && h.ended_at.is_some()));
-        store.stage_changed(deploy.id, "boot", Some("h1"), StageChange::Started).await.unwrap();
-        store.finish(deploy.id, DeployState::Cancelled, Some("cancelled")).await.unwrap();
-        let read = store.deploy(deploy.id).await.unwrap().unwrap();
-        assert_eq!(read.state, DeployState::Cancelled);
-        let boot = read.stages.iter().find(|s| s.name == "boot").unwrap();
-        assert_eq!((boot.state, boot.hosts[0].state), (StageState::Failed, StageState::Failed));
-        assert_eq!(read.stages.iter().find(|s| s.name == "prune").unwrap().state, StageState::Skipped);
     }
 
     #[tokio::test]
     async fn running_deploys_are_interrupted_at_start_and_logs_resume_by_sequence() {
-        let (store, dir) = store().await;
-        let (deploy, _) = store.insert_deploy(&request("app"), QueuePolicy::Latest).await.unwrap();
-        store.claim(deploy.id, "test").await.unwrap();
-        store.append_lines(deploy.id, &[(1, "one".into()), (2, "two".into()), (3, "three".into())]).await.unwrap();
-        store.close().await;
-        let store = Store::open(&dir.path().join("berth.sqlite")).await.unwrap();
-        let interrupted = store.interrupt_running("the daemon stopped").await.unwrap();
-        assert_eq!(interrupted.len(), 1);
-        assert_eq!(store.deploy(deploy.id).await.unwrap().unwrap().state, DeployState::Interrupted);
-        let lines = store.lines_after(deploy.id, 1, 100).await.unwrap();
-        assert_eq!(lines, [(2, "two".to_string()), (3, "three".to_string())]);
+        for test in stores().await {
+            let store = &test.store;
+            let (deploy, _) = store.insert_deploy(&request("app"), QueuePolicy::Latest).await.unwrap();
+            store.claim(deploy.id, "test").await.unwrap();
+            store.append_lines(deploy.id, &[(1, "one".into()), (2, "two".into()), (3, "three".into())]).await.unwrap();
+            let store = test.reopened().await;
+            let interrupted = store.interrupt_running("test", "the daemon stopped").await.unwrap();
+            assert_eq!(interrupted.len(), 1);
+            assert_eq!(store.deploy(deploy.id).await.unwrap().unwrap().state, DeployState::Interrupted);
+            let lines = store.lines_after(deploy.id, 1, 100).await.unwrap();
+            assert_eq!(lines, [(2, "two".to_string()), (3, "three".to_string())]);
+        }
     }
 
     #[tokio::test]
     async fn retention_deletes_the_logs_of_deploys_ended_before_the_cutoff_and_keeps_the_deploys() {
-        let (store, _dir) = store().await;
-        let mut ids = Vec::new();
-        for _ in 0..3 {
-            let (deploy, _) = store.insert_deploy(&request("app"), QueuePolicy::Fifo).await.unwrap();
-            ids.push(deploy.id);
+        for test in stores().await {
+            let store = &test.store;
+            let mut ids = Vec::new();
+            for _ in 0..3 {
+                let (deploy, _) = store.insert_deploy(&request("app"), QueuePolicy::Fifo).await.unwrap();
+                ids.push(deploy.id);
+            }
+            let (old, recent, running) = (ids[0], ids[1], ids[2]);
+            for id in [old, recent] {
+                store.claim(id, "test").await.unwrap();
+                store.append_lines(id, &[(1, format!("line of {id}"))]).await.unwrap();
+                store.finish(id, DeployState::Succeeded, None).await.unwrap();
+            }
+            store.claim(running, "test").await.unwrap();
+            store.append_lines(running, &[(1, "still running".into())]).await.unwrap();
+            // The first one ended long ago (as if years of deploys had passed since).
+            test.backdate_end(old, "2020-01-01T00:00:00.000Z").await;
+            assert_eq!(store.prune_logs("2021-01-01T00:00:00.000Z").await.unwrap(), 1);
+            assert_eq!(store.lines_after(recent, 0, 10).await.unwrap().len(), 1, "a recent deploy keeps its log");
+            assert!(store.lines_after(old, 0, 10).await.unwrap().is_empty());
+            assert_eq!(store.lines_after(running, 0, 10).await.unwrap().len(), 1, "a running deploy keeps its log");
+            assert_eq!(store.deploy(old).await.unwrap().unwrap().state, DeployState::Succeeded, "the deploy is kept");
+            // Nothing ended before the epoch: nothing more goes.
+            assert_eq!(store.prune_logs("1970-01-01T00:00:00Z").await.unwrap(), 0);
         }
-        let (old, recent, running) = (ids[0], ids[1], ids[2]);
-        for id in [old, recent] {
-            store.claim(id, "test").await.unwrap();
-            store.append_lines(id, &[(1, format!("line of {id}"))]).await.unwrap();
-            store.finish(id, DeployState::Succeeded, None).await.unwrap();
-        }
-        store.claim(running, "test").await.unwrap();
-        store.append_lines(running, &[(1, "still running".into())]).await.unwrap();
-        // The first one ended long ago (as if years of deploys had passed since).
-        sqlx::query("UPDATE deploys SET ended_at = '2020-01-01T00:00:00.000Z' WHERE id = ?")
-            .bind(old)
-            .execute(&store.writer)
-            .await
-            .unwrap();
-        assert_eq!(store.prune_logs("2021-01-01T00:00:00.000Z").await.unwrap(), 1);
-        assert_eq!(store.lines_after(recent, 0, 10).await.unwrap().len(), 1, "a recent deploy keeps its log");
-        assert!(store.lines_after(old, 0, 10).await.unwrap().is_empty());
-        assert_eq!(store.lines_after(running, 0, 10).await.unwrap().len(), 1, "a running deploy keeps its log");
-        assert_eq!(store.deploy(old).await.unwrap().unwrap().state, DeployState::Succeeded, "the deploy is kept");
-        // Nothing ended before the epoch: nothing more goes.
-        assert_eq!(store.prune_logs("1970-01-01T00:00:00Z").await.unwrap(), 0);
     }
 }

@@ -22,6 +22,7 @@ PACKAGES=(
     nginx          # the proxy benchmark's comparison proxy and its 64-byte backend (bench/proxy)
     wrk            # the proxy benchmark's load tool
     pebble         # a local ACME server for the proxy's certificate tests
+    postgresql     # the daemon's shared store: the tests start a throwaway cluster of their own
 )
 
 die() {

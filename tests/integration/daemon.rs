@@ -54,6 +54,13 @@ impl App {
         App { daemon: Some(daemon), address, _dir: dir }
     }
 
+    /// Stops the daemon as SIGTERM would (its data directory stays until the test ends).
+    pub(crate) async fn stop(mut self) {
+        if let Some(daemon) = self.daemon.take() {
+            daemon.stop(Duration::from_secs(30)).await;
+        }
+    }
+
     pub(crate) async fn token(&self, scope: Scope, service: Option<&str>) -> String {
         let token = auth::new_token();
         let store = &self.daemon.as_ref().unwrap().state.store;
@@ -94,7 +101,12 @@ impl App {
     }
 
     /// Follows a deploy's log as an event stream until the server closes it: (id, event, data) per event.
-    async fn follow(&self, id: i64, token: &str, last_event_id: Option<i64>) -> Vec<(Option<i64>, String, String)> {
+    pub(crate) async fn follow(
+        &self,
+        id: i64,
+        token: &str,
+        last_event_id: Option<i64>,
+    ) -> Vec<(Option<i64>, String, String)> {
         let stream = tokio::net::TcpStream::connect(&self.address).await.unwrap();
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
         tokio::spawn(connection);

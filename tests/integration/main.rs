@@ -14,6 +14,8 @@ mod ssh;
 mod proxy;
 // `berth serve`: the API, queue, store and log stream, on port 0 with a temporary data directory.
 mod daemon;
+// Several `berth serve` on one PostgreSQL: one queue, each deploy run once, tokens and deploys seen by all.
+mod shared_store;
 // GitHub webhooks, Slack commands, notifications and statuses, on the daemon on port 0.
 mod triggers;
 // GitHub and Slack driving deploys to a real bench host, with every receiver answering 500 first.

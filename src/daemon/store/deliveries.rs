@@ -4,7 +4,7 @@
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
-use super::{Store, StoreError, now, sql};
+use super::{Db, Store, StoreError, now, sql};
 use crate::daemon::model::DeployState;
 
 /// A change of a deploy's state.
@@ -71,26 +71,36 @@ const DELIVERY_COLUMNS: &str =
 // The notifier's reads go through the writer connection: it must see its own last writes (a reader
 // connection's snapshot can be older, and a delivery just recorded as sent would be sent again).
 impl Store {
-    /// Waits until some deploy changed (or returns at once when one did since the last wait).
+    /// Waits until some deploy changed (or returns at once when one did since the last wait). On PostgreSQL
+    /// other daemons change deploys unseen: then it waits half a second (the notifier polls).
     pub async fn wait_for_change(&self) {
-        self.deploys.changes.notified().await;
+        match &self.db {
+            Db::Sqlite { .. } => self.deploys.changes.notified().await,
+            Db::Postgres(_) => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
+        }
     }
 
     /// The last event the notifier has planned deliveries for.
     pub async fn notifier_cursor(&self) -> Result<i64, StoreError> {
+        if let Db::Postgres(pg) = &self.db {
+            return pg.notifier_cursor().await;
+        }
         sqlx::query_scalar("SELECT last_event_id FROM notifier_cursor WHERE id = 1")
-            .fetch_one(&self.writer)
+            .fetch_one(self.writer())
             .await
             .map_err(sql("read the notifier's cursor"))
     }
 
     /// Deploy events after `after`, oldest first.
     pub async fn events_after(&self, after: i64, limit: i64) -> Result<Vec<DeployEvent>, StoreError> {
+        if let Db::Postgres(pg) = &self.db {
+            return pg.events_after(after, limit).await;
+        }
         let rows =
             sqlx::query("SELECT id, deploy_id, service, state, at FROM deploy_events WHERE id > ? ORDER BY id LIMIT ?")
                 .bind(after)
                 .bind(limit)
-                .fetch_all(&self.writer)
+                .fetch_all(self.writer())
                 .await
                 .map_err(sql("read deploy events"))?;
         Ok(rows
@@ -110,8 +120,11 @@ impl Store {
     /// Stores the deliveries planned for the events up to `last_event_id`, and moves the cursor there, at
     /// once: an event is planned exactly once, even across a crash.
     pub async fn plan_deliveries(&self, last_event_id: i64, deliveries: &[NewDelivery]) -> Result<(), StoreError> {
+        if let Db::Postgres(pg) = &self.db {
+            return pg.plan_deliveries(last_event_id, deliveries).await;
+        }
         let now = now();
-        let mut tx = self.writer.begin().await.map_err(sql("start a transaction"))?;
+        let mut tx = self.writer().begin().await.map_err(sql("start a transaction"))?;
         for delivery in deliveries {
             sqlx::query(
                 "INSERT INTO deliveries (deploy_id, event_id, state_event, target, next_attempt_at) \
@@ -138,6 +151,9 @@ impl Store {
     /// Pending deliveries due by now, oldest first — only the first pending one per deploy and target, so
     /// that each target hears of a deploy's events in order.
     pub async fn due_deliveries(&self, limit: i64) -> Result<Vec<Delivery>, StoreError> {
+        if let Db::Postgres(pg) = &self.db {
+            return pg.due_deliveries(limit).await;
+        }
         let rows = sqlx::query(crate::daemon::store::audited(format!(
             "SELECT {DELIVERY_COLUMNS} FROM deliveries d WHERE status = 'pending' AND next_attempt_at <= ? \
              AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.deploy_id = d.deploy_id AND e.target = d.target \
@@ -145,7 +161,7 @@ impl Store {
         )))
         .bind(now())
         .bind(limit)
-        .fetch_all(&self.writer)
+        .fetch_all(self.writer())
         .await
         .map_err(sql("find due deliveries"))?;
         Ok(rows.iter().map(delivery_from_row).collect())
@@ -153,21 +169,22 @@ impl Store {
 
     /// When the next pending delivery is due (RFC 3339), if any.
     pub async fn next_delivery_at(&self) -> Result<Option<String>, StoreError> {
+        if let Db::Postgres(pg) = &self.db {
+            return pg.next_delivery_at().await;
+        }
         sqlx::query_scalar("SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending'")
-            .fetch_one(&self.writer)
+            .fetch_one(self.writer())
             .await
             .map_err(sql("find the next delivery"))
     }
 
     /// Records an attempt.
     pub async fn record_attempt(&self, id: i64, outcome: &DeliveryOutcome) -> Result<(), StoreError> {
+        if let Db::Postgres(pg) = &self.db {
+            return pg.record_attempt(id, outcome).await;
+        }
         let now = now();
-        let (status, next, error) = match outcome {
-            DeliveryOutcome::Delivered => ("delivered", None, None),
-            DeliveryOutcome::Retry { at, error } => ("pending", Some(at.as_str()), Some(error.as_str())),
-            DeliveryOutcome::Failed(error) => ("failed", None, Some(error.as_str())),
-            DeliveryOutcome::Skipped(why) => ("skipped", None, Some(why.as_str())),
-        };
+        let (status, next, error) = attempt_columns(outcome);
         let counts = !matches!(outcome, DeliveryOutcome::Skipped(_));
         sqlx::query(
             "UPDATE deliveries SET status = ?, attempts = attempts + ?, next_attempt_at = COALESCE(?, next_attempt_at), \
@@ -180,7 +197,7 @@ impl Store {
         .bind(status)
         .bind(&now)
         .bind(id)
-        .execute(&self.writer)
+        .execute(self.writer())
         .await
         .map_err(sql("record a delivery attempt"))?;
         Ok(())
@@ -188,11 +205,14 @@ impl Store {
 
     /// A deploy's deliveries, in order.
     pub async fn deliveries_of(&self, deploy_id: i64) -> Result<Vec<Delivery>, StoreError> {
+        if let Db::Postgres(pg) = &self.db {
+            return pg.deliveries_of(deploy_id).await;
+        }
         let rows = sqlx::query(crate::daemon::store::audited(format!(
             "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE deploy_id = ? ORDER BY id"
         )))
         .bind(deploy_id)
-        .fetch_all(&self.reader)
+        .fetch_all(self.reader())
         .await
         .map_err(sql("list a deploy's deliveries"))?;
         Ok(rows.iter().map(delivery_from_row).collect())
@@ -200,9 +220,12 @@ impl Store {
 
     /// What a deploy's deliveries share.
     pub async fn deploy_link(&self, deploy_id: i64) -> Result<DeployLink, StoreError> {
+        if let Db::Postgres(pg) = &self.db {
+            return pg.deploy_link(deploy_id).await;
+        }
         let row = sqlx::query("SELECT slack_response_url, github_deployment_id FROM deploy_links WHERE deploy_id = ?")
             .bind(deploy_id)
-            .fetch_optional(&self.writer)
+            .fetch_optional(self.writer())
             .await
             .map_err(sql("read a deploy's links"))?;
         Ok(row.map_or_else(DeployLink::default, |row| DeployLink {
@@ -213,16 +236,29 @@ impl Store {
 
     /// Records the GitHub deployment made for a deploy.
     pub async fn set_github_deployment(&self, deploy_id: i64, deployment_id: i64) -> Result<(), StoreError> {
+        if let Db::Postgres(pg) = &self.db {
+            return pg.set_github_deployment(deploy_id, deployment_id).await;
+        }
         sqlx::query(
             "INSERT INTO deploy_links (deploy_id, github_deployment_id) VALUES (?, ?) \
              ON CONFLICT (deploy_id) DO UPDATE SET github_deployment_id = excluded.github_deployment_id",
         )
         .bind(deploy_id)
         .bind(deployment_id)
-        .execute(&self.writer)
+        .execute(self.writer())
         .await
         .map_err(sql("record a GitHub deployment"))?;
         Ok(())
+    }
+}
+
+/// An attempt's outcome as the columns it sets: status, next attempt, error.
+pub(super) fn attempt_columns(outcome: &DeliveryOutcome) -> (&'static str, Option<&str>, Option<&str>) {
+    match outcome {
+        DeliveryOutcome::Delivered => ("delivered", None, None),
+        DeliveryOutcome::Retry { at, error } => ("pending", Some(at.as_str()), Some(error.as_str())),
+        DeliveryOutcome::Failed(error) => ("failed", None, Some(error.as_str())),
+        DeliveryOutcome::Skipped(why) => ("skipped", None, Some(why.as_str())),
     }
 }
 
