@@ -225,7 +225,7 @@ pub fn load_config(file: Option<&std::path::Path>, env: &Environment) -> Result<
         }
     };
     if let Some(url) = env.get("BERTH_DATABASE_URL").filter(|url| !url.is_empty()) {
-        if !config::is_postgres_url(&url) {
+        if !config::is_postgres_url(url) {
             return Err(DaemonError::DatabaseUrl);
         }
         config.database_url = Some(url.to_string());
