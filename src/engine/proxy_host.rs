@@ -148,7 +148,9 @@ impl Engine {
                         let started = Instant::now();
                         let image_name = self.ensure_proxy_image(&host, &image).await?;
                         self.remote().run(&host, &proxy::ensure_network()).await?;
-                        self.remote().run(&host, &proxy::stop_container()).await?;
+                        self.remote().run(&host, &self.audit_record(&[], "Rebooted proxy")).await?;
+                        // As Kamal: the proxy may not be running (stopped, or never booted here).
+                        self.remote().run_tolerating_exit(&host, &proxy::stop_container()).await?;
                         self.remote().run(&host, &proxy::remove_container()).await?;
                         self.remote().run(&host, &proxy::ensure_apps_config_directory()).await?;
                         self.remote().run(&host, &proxy::run(&self.proxy_run(&host), &image_name)).await?;
