@@ -239,8 +239,8 @@ impl Engine {
 
     /// The command appending Kamal's audit line `message` (tagged with `details`, usually the role) to the
     /// host's audit log, stamped now by this performer.
-    pub fn audit_record(&self, details: &[&str], message: &str) -> crate::command::Cmd {
-        crate::commands::auditor::record(&self.config, &now_iso8601(), &self.performer, details, message)
+    pub fn audit_record(&self, details: &[&str], message: crate::commands::auditor::Message) -> crate::command::Cmd {
+        crate::commands::auditor::record(&self.config, &now_iso8601(), &self.performer, details, &message.to_string())
     }
 
     /// Reports where a deploy is, for the daemon's stage timeline (the console ignores it).

@@ -14,6 +14,7 @@ use super::output::{DeployStage, ProgressState};
 use super::remote::on_hosts;
 use super::{Engine, EngineError};
 use crate::command::Cmd;
+use crate::commands::auditor::Message;
 use crate::commands::proxy::TlsOwner;
 use crate::commands::{self, app, names};
 use crate::config::Role;
@@ -111,7 +112,7 @@ impl Engine {
                     self.progress(DeployStage::Cutover, Some(&host), ProgressState::Started);
                     let image = names::image(&self.config, version);
                     let mut finish = self
-                        .audit_record(&[], &format!("Tagging {image} as the latest image"))
+                        .audit_record(&[], Message::TaggingLatest { image: &image })
                         .and(app::tag_latest_image(&self.config, version));
                     let mut stopped = Vec::new();
                     for boot in booted.iter().filter(|boot| boot.host == host && !boot.stop_ids.is_empty()) {
@@ -173,11 +174,11 @@ impl Engine {
         let removed = inventory.prunable(self.config.retain_containers.max(1) as usize);
         let ids: Vec<String> = removed.iter().map(|container| container.id.clone()).collect();
         let images = inventory.images_freed_by(&removed, &names::image(&self.config, version));
-        let mut prune = self.audit_record(&[], "Pruned containers");
+        let mut prune = self.audit_record(&[], Message::PrunedContainers);
         if !ids.is_empty() {
             prune = prune.and(app::remove_containers_by_id(&ids));
         }
-        prune = prune.and(self.audit_record(&[], "Pruned images"));
+        prune = prune.and(self.audit_record(&[], Message::PrunedImages));
         if !images.is_empty() {
             prune = prune.and(commands::prune::remove_image_references(&images));
         }
@@ -284,15 +285,20 @@ impl Engine {
         let stop_ids: Vec<String> = inventory.running(&role.name).map(|container| short_id(&container.id)).collect();
 
         // Same version already there (redeploy, rollback): move it out of the way, as Kamal does (audited).
-        let message = format!("Booted app version {version}");
-        let mut run = self.audit_record(&[&role.name], &message).and(app::run(config, role, host, version, &random_hex(6)));
+        let mut run = self.audit_record(&[&role.name], Message::BootedApp { version }).and(app::run(
+            config,
+            role,
+            host,
+            version,
+            &random_hex(6),
+        ));
         if inventory.named(&name).is_some() {
             let hex = random_hex(8);
             let renamed = names::replaced_container_name(config, &role.name, version, &hex);
             let renamed_version = format!("{version}_replaced_{hex}");
             self.info(format!("Renaming container {version} to {renamed_version} as already deployed on {host}"));
             run = self
-                .audit_record(&[&role.name], &format!("Renaming container {version} to {renamed_version}"))
+                .audit_record(&[&role.name], Message::RenamingContainer { version, renamed_version: &renamed_version })
                 .and(app::rename_container(config, role, version, &renamed))
                 .and(run);
         }

@@ -8,6 +8,7 @@ use super::output::{DeployStage, Event, ProgressState};
 use super::remote::on_hosts;
 use super::{Engine, EngineError};
 use crate::command::Cmd;
+use crate::commands::auditor::Message;
 use crate::commands::{self, app, names};
 
 /// What `deploy`/`setup`/`redeploy` were asked to do.
@@ -137,7 +138,7 @@ impl Engine {
                     self.progress(DeployStage::Pull, Some(&host), ProgressState::Started);
                     let version = &self.config.version;
                     let pulled = async {
-                        let mut audit = self.audit_record(&[], &format!("Pulled image with version {version}"));
+                        let mut audit = self.audit_record(&[], Message::PulledImage { version });
                         if let Some(login) = login {
                             audit = login.and(audit);
                         }
@@ -194,7 +195,7 @@ impl Engine {
         self.stage("Prune old containers", hosts.len(), async {
             on_hosts(&hosts, |host| async move {
                 let prune = self
-                    .audit_record(&[], "Pruned containers")
+                    .audit_record(&[], Message::PrunedContainers)
                     .and(commands::prune::app_containers(&self.config, retain));
                 self.remote().step(&host, &format!("Pruned stopped containers (kept {retain})"), &prune).await?;
                 Ok(())
@@ -210,7 +211,7 @@ impl Engine {
         self.stage("Prune unused images", hosts.len(), async {
             on_hosts(&hosts, |host| async move {
                 let prune = self
-                    .audit_record(&[], "Pruned images")
+                    .audit_record(&[], Message::PrunedImages)
                     .and(commands::prune::dangling_images(&self.config))
                     .and(commands::prune::tagged_images(&self.config));
                 self.remote().step(&host, "Pruned unused images", &prune).await?;
@@ -251,13 +252,17 @@ impl Engine {
         let hosts = self.selection.app_hosts(&self.config);
         on_hosts(&hosts, |host| async move {
             for role in self.selection.roles_on(&self.config, &host) {
-                self.remote().run(&host, &self.audit_record(&[&role.name], "Stopped app")).await?;
+                self.remote().run(&host, &self.audit_record(&[&role.name], Message::StoppedApp)).await?;
                 if role.runs_proxy() {
                     let service = names::container_prefix(&self.config, &role.name);
                     self.remote().run_tolerating_exit(&host, &commands::proxy::remove(&service)).await?;
                 }
                 self.remote()
-                    .step_tolerating_exit(&host, &format!("Stopped {}", role.name), &app::stop(&self.config, role, None))
+                    .step_tolerating_exit(
+                        &host,
+                        &format!("Stopped {}", role.name),
+                        &app::stop(&self.config, role, None),
+                    )
                     .await?;
             }
             Ok(())
@@ -276,11 +281,12 @@ impl Engine {
             async move {
                 for role in self.selection.roles_on(&self.config, &host) {
                     let started = Instant::now();
-                    let audit = self.audit_record(&[], &format!("Started app version {version}"));
+                    let audit = self.audit_record(&[], Message::StartedApp { version: &version });
                     self.remote().run(&host, &audit).await?;
                     self.remote().run_tolerating_exit(&host, &app::start(&self.config, role, &version)).await?;
                     if role.runs_proxy() {
-                        let running = self.remote().run(&host, &app::current_running_version(&self.config, role)).await?;
+                        let running =
+                            self.remote().run(&host, &app::current_running_version(&self.config, role)).await?;
                         let running = running.stdout.trim().to_string();
                         let id = self
                             .remote()

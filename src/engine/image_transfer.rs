@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use super::remote::{Remote, on_hosts};
 use super::{Engine, EngineError};
+use crate::commands::auditor::Message;
 use crate::commands::{self, names};
 
 impl Engine {
@@ -100,7 +101,7 @@ impl Engine {
                     let image = &image;
                     async move {
                         let started = Instant::now();
-                        let audit = self.audit_record(&[], &format!("Pulled image with version {version}"));
+                        let audit = self.audit_record(&[], Message::PulledImage { version });
                         let load = audit
                             .and(commands::builder::load())
                             .and(commands::builder::validate_image(config, version));

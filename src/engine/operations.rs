@@ -11,6 +11,7 @@ use super::remote::on_hosts;
 use super::{Engine, EngineError};
 use crate::command::Cmd;
 use crate::commands::app::{ExecMode, LogOptions};
+use crate::commands::auditor::Message;
 use crate::commands::{self, accessory, app, names, proxy};
 use crate::config::Accessory;
 
@@ -103,7 +104,7 @@ impl Engine {
         remote
             .write_file(host, &names::accessory_env_file(&self.config, &accessory.name), env_text.as_bytes(), 0o600)
             .await?;
-        let audit = self.audit_record(&[], &format!("Booted {} accessory", accessory.name));
+        let audit = self.audit_record(&[], Message::BootedAccessory { name: &accessory.name });
         let output = remote.run(host, &audit.and(accessory::run(&self.config, accessory, host))).await?;
         if let Some(port) = accessory_app_port(accessory) {
             let id: String = output.stdout.trim().chars().take(12).collect();
@@ -126,16 +127,16 @@ impl Engine {
                         let name = &accessory.name;
                         self.registry_login(&host).await?;
                         let pull = self
-                            .audit_record(&[], &format!("Pull {name} accessory image"))
+                            .audit_record(&[], Message::PulledAccessoryImage { name })
                             .and(accessory::pull_image(&accessory));
                         self.remote().run(&host, &pull).await?;
                         if accessory.proxy.is_some() {
                             self.remote().run_unchecked(&host, &accessory::remove_from_proxy(&accessory)).await?;
                         }
-                        self.remote().run(&host, &self.audit_record(&[], &format!("Stopped {name} accessory"))).await?;
+                        self.remote().run(&host, &self.audit_record(&[], Message::StoppedAccessory { name })).await?;
                         self.remote().run_tolerating_exit(&host, &accessory::stop(&accessory)).await?;
                         let remove = self
-                            .audit_record(&[], &format!("Remove {name} accessory container"))
+                            .audit_record(&[], Message::RemovedAccessoryContainer { name })
                             .and(accessory::remove_container(&accessory));
                         self.remote().run(&host, &remove).await?;
                         self.boot_accessory_on(&host, &accessory, true).await
@@ -163,14 +164,14 @@ impl Engine {
                         self.remote().run_unchecked(&host, &accessory::remove_from_proxy(&accessory)).await?;
                     }
                     let text = format!("{action:?} {}", accessory.service);
+                    let name = accessory.name.as_str();
                     let audited = match action {
-                        AccessoryAction::Start => Some("Started"),
-                        AccessoryAction::Stop => Some("Stopped"),
+                        AccessoryAction::Start => Some(Message::StartedAccessory { name }),
+                        AccessoryAction::Stop => Some(Message::StoppedAccessory { name }),
                         AccessoryAction::Details => None,
                     };
-                    if let Some(done) = audited {
-                        let audit = self.audit_record(&[], &format!("{done} {} accessory", accessory.name));
-                        self.remote().run(&host, &audit).await?;
+                    if let Some(message) = audited {
+                        self.remote().run(&host, &self.audit_record(&[], message)).await?;
                     }
                     let output = if action == AccessoryAction::Stop {
                         // Kamal tolerates stopping an accessory that is not running.
@@ -221,7 +222,8 @@ impl Engine {
                     false,
                 )
             };
-            let audit = self.audit_record(&[], &format!("Executed cmd '{}' on {} accessory", command.join(" "), accessory.name));
+            let cmd_text = command.join(" ");
+            let audit = self.audit_record(&[], Message::ExecutedOnAccessory { cmd: &cmd_text, name: &accessory.name });
             self.show_per_host(&format!("Accessory {} Host", accessory.name), &hosts, &audit.and(cmd)).await?;
         }
         Ok(())
@@ -240,12 +242,12 @@ impl Engine {
                     // Kamal's `remove_accessory`: only the stop may fail (nothing running); the rest may not.
                     let started = Instant::now();
                     let name = &accessory.name;
-                    self.remote().run(&host, &self.audit_record(&[], &format!("Stopped {name} accessory"))).await?;
+                    self.remote().run(&host, &self.audit_record(&[], Message::StoppedAccessory { name })).await?;
                     self.remote().run_tolerating_exit(&host, &accessory::stop(&accessory)).await?;
                     let remove = self
-                        .audit_record(&[], &format!("Remove {name} accessory container"))
+                        .audit_record(&[], Message::RemovedAccessoryContainer { name })
                         .and(accessory::remove_container(&accessory))
-                        .and(self.audit_record(&[], &format!("Removed {name} accessory image")))
+                        .and(self.audit_record(&[], Message::RemovedAccessoryImage { name }))
                         .and(accessory::remove_image(&accessory))
                         .and(accessory::remove_service_directory(&accessory));
                     self.remote().run(&host, &remove).await?;
@@ -354,30 +356,32 @@ impl Engine {
             async move {
                 let mut text = String::new();
                 for role in self.selection.roles_on(&self.config, &host) {
-                    let executed = |version: &str| format!("Executed cmd '{}' on app version {version}", command.join(" "));
-                    let cmd = if reuse {
-                        let running =
-                            self.remote().run(&host, &app::current_running_version(&self.config, role)).await?;
-                        let running = running.stdout.trim().to_string();
-                        self.audit_record(&[&role.name], &executed(&running)).and(
-                            app::execute_in_existing_container(&self.config, role, &running, command, &env, false),
-                        )
-                    } else {
-                        let running =
-                            self.remote().run(&host, &app::current_running_version(&self.config, role)).await?;
-                        let running = running.stdout.trim();
-                        let version = if running.is_empty() { version.as_str() } else { running };
-                        self.audit_record(&[], &executed(version)).and(app::execute_in_new_container(
-                            &self.config,
-                            role,
-                            &host,
-                            version,
-                            command,
-                            &env,
-                            ExecMode::Attached,
-                            &random_hex(3),
-                        ))
-                    };
+                    let cmd_text = command.join(" ");
+                    let executed = |version| Message::ExecutedOnApp { cmd: &cmd_text, version };
+                    let cmd =
+                        if reuse {
+                            let running =
+                                self.remote().run(&host, &app::current_running_version(&self.config, role)).await?;
+                            let running = running.stdout.trim().to_string();
+                            self.audit_record(&[&role.name], executed(&running)).and(
+                                app::execute_in_existing_container(&self.config, role, &running, command, &env, false),
+                            )
+                        } else {
+                            let running =
+                                self.remote().run(&host, &app::current_running_version(&self.config, role)).await?;
+                            let running = running.stdout.trim();
+                            let version = if running.is_empty() { version.as_str() } else { running };
+                            self.audit_record(&[], executed(version)).and(app::execute_in_new_container(
+                                &self.config,
+                                role,
+                                &host,
+                                version,
+                                command,
+                                &env,
+                                ExecMode::Attached,
+                                &random_hex(3),
+                            ))
+                        };
                     let output = self.remote().run(&host, &cmd).await?;
                     text.push_str(&output.stdout);
                 }
@@ -433,7 +437,7 @@ impl Engine {
             let started = Instant::now();
             for role in self.selection.roles_on(&self.config, &host) {
                 let remove = self
-                    .audit_record(&[&role.name], "Removed all app containers")
+                    .audit_record(&[&role.name], Message::RemovedAllAppContainers)
                     .and(app::remove_containers(&self.config, role));
                 self.remote().run(&host, &remove).await?;
             }
@@ -443,10 +447,11 @@ impl Engine {
                 self.remote().report(&host, "Removed the selected roles' containers", started, true);
                 return Ok(());
             }
-            let images = self.audit_record(&[], "Removed all app images").and(app::remove_images(&self.config));
+            let images = self.audit_record(&[], Message::RemovedAllAppImages).and(app::remove_images(&self.config));
             self.remote().run(&host, &images).await?;
             self.remote().run_tolerating_exit(&host, &app::remove_app_directory(&self.config)).await?;
-            let audit = self.audit_record(&[], &format!("Removed {}", names::app_directory(&self.config)));
+            let path = names::app_directory(&self.config);
+            let audit = self.audit_record(&[], Message::RemovedAppDirectory { path: &path });
             self.remote().run(&host, &audit).await?;
             self.remote().run_tolerating_exit(&host, &app::remove_proxy_app_directory(&self.config)).await?;
             self.remote().report(&host, "Removed the app's containers, images and directories", started, true);
@@ -483,11 +488,11 @@ impl Engine {
             async move {
                 let text = format!("Proxy {action:?}");
                 if action == ProxyAction::Stop {
-                    self.remote().run(&host, &self.audit_record(&[], "Stopped proxy")).await?;
+                    self.remote().run(&host, &self.audit_record(&[], Message::StoppedProxy)).await?;
                     // Kamal tolerates stopping a proxy that is not running.
                     self.remote().step_tolerating_exit(&host, &text, &cmd).await?;
                 } else {
-                    self.remote().run(&host, &self.audit_record(&[], "Started proxy")).await?;
+                    self.remote().run(&host, &self.audit_record(&[], Message::StartedProxy)).await?;
                     self.remote().step(&host, &text, &cmd).await?;
                 }
                 Ok(())
@@ -519,12 +524,12 @@ impl Engine {
             // Kamal's `proxy remove`: stop (tolerated), remove the container and the image (prunes, which do not
             // fail on nothing), then `rm -r .kamal/proxy` (tolerated: it may be gone already).
             let started = Instant::now();
-            self.remote().run(&host, &self.audit_record(&[], "Stopped proxy")).await?;
+            self.remote().run(&host, &self.audit_record(&[], Message::StoppedProxy)).await?;
             self.remote().run_tolerating_exit(&host, &proxy::stop_container()).await?;
             let remove = self
-                .audit_record(&[], "Removed proxy container")
+                .audit_record(&[], Message::RemovedProxyContainer)
                 .and(proxy::remove_container())
-                .and(self.audit_record(&[], "Removed proxy image"))
+                .and(self.audit_record(&[], Message::RemovedProxyImage))
                 .and(proxy::remove_image());
             self.remote().run(&host, &remove).await?;
             self.remote().run_tolerating_exit(&host, &proxy::remove_proxy_directory()).await?;
@@ -587,7 +592,7 @@ impl Engine {
         }
         let hosts = self.selection.hosts.clone();
         let outputs = on_hosts(&hosts, |host| async move {
-            let audit = self.audit_record(&[], &format!("Executed cmd '{command}' on {host}"));
+            let audit = self.audit_record(&[], Message::ExecutedOnHost { cmd: command, host: &host });
             self.remote().run(&host, &audit).await?;
             let output = self.remote().run(&host, &Cmd::raw_script(command)).await?;
             Ok((host, output.stdout))

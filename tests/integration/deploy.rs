@@ -557,10 +557,9 @@ fn stop_and_remove_succeed_twice_and_a_label_less_image_is_refused_at_pull() {
         assert!(d.containers(&h1, &["--all"]).is_empty(), "no container left: {:?}", d.containers(&h1, &["--all"]));
         let images = d.bench.docker(&h1, &["image", "ls", "--quiet", "--filter", "label=service=app"]);
         assert_eq!(String::from_utf8_lossy(&images.stdout).trim(), "", "the app's images are pruned");
-        let proxy_images = d.bench.docker(
-            &h1,
-            &["image", "ls", "--quiet", "--filter", "label=org.opencontainers.image.title=kamal-proxy"],
-        );
+        let proxy_images = d
+            .bench
+            .docker(&h1, &["image", "ls", "--quiet", "--filter", "label=org.opencontainers.image.title=kamal-proxy"]);
         assert_eq!(String::from_utf8_lossy(&proxy_images.stdout).trim(), "", "the proxy's image is pruned");
         let left = d.bench.ssh_ok(&h1, "cd .kamal && find . | sort");
         assert_eq!(left, ".\n./app-audit.log\n./apps", "only the audit log and the empty apps directory remain");
