@@ -765,6 +765,23 @@ fn local_registry_mode_sends_the_image_over_ssh_without_a_registry() {
     // -P with an image this engine lacks says what to do.
     let out = d.berth(&["deploy", "-P", "--version", "v-missing"]);
     assert!(out.err().contains("is not in the local Docker engine"), "{}", out.stderr);
+
+    // An image without the `service` label is refused as Kamal's pull refuses it: where it is loaded (host 2),
+    // and where it is already there (host 1, whose engine is the deployer's); both keep serving.
+    d.bench.push_test_app_with("nolabel", &[("SERVICE", "")]);
+    d.bench.docker_login(&h1);
+    let pushed = format!("{}/berth-test-app:nolabel", d.bench.registry().addr);
+    d.bench
+        .ssh_ok(&h1, &format!("docker pull -q {pushed} && docker tag {pushed} localhost:5555/berth-test-app:nolabel"));
+    let message = "Image localhost:5555/berth-test-app:nolabel is missing the 'service' label";
+    let out = d.berth(&["deploy", "-P", "--version", "nolabel", "-h", &ip2]);
+    assert!(out.err().contains(message), "{}", out.stderr);
+    let out = d.berth(&["deploy", "-P", "--version", "nolabel"]);
+    assert!(out.err().contains(message), "{}", out.stderr);
+    for host in [&h1, &h2] {
+        assert_eq!(d.version_served(host), "built");
+        assert!(d.containers(host, &["--all", "--filter", "name=nolabel"]).is_empty(), "nothing booted from it");
+    }
 }
 
 /// Makes the project a git repository whose committed tree builds the test app (`APP_VERSION=built`), with an
