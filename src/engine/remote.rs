@@ -72,27 +72,28 @@ impl Remote {
     }
 
     /// Runs `cmd` on `host` where Kamal passes `raise_on_non_zero_exit: false`: a non-zero exit is tolerated
-    /// (noted in the verbose output, as SSHKit logs it at debug level), an SSH failure is still an error. The
-    /// spots, each tolerating only its own command:
+    /// (noted in the verbose output, as SSHKit logs it at debug level), an SSH failure is still an error. Every
+    /// such spot in Kamal 2.12's `lib/kamal/cli/`, each tolerating only its own command:
     ///
-    /// | Kamal 2.12 (`lib/kamal/cli/…`)                         | berth builder                              | engine  |
-    /// |--------------------------------------------------------|--------------------------------------------|---------|
-    /// | `app stop`: `app.stop` (`… \| xargs docker stop`)     | `app::stop`                                | `stop_app` |
-    /// | `app start`: `app.start` (`docker start`)              | `app::start`                               | `start_app` |
-    /// | `app stale_containers --stop`: `app.stop(version:)`    | `app::stop`                                | `stale_containers` |
-    /// | `app/boot.rb` `stop_old_version`/`stop_new_version`    | `app::stop_containers`, `app::stop`        | `boot_app` (`;`), `boot_role` |
-    /// | `app remove_app_directories`: `rm -r .kamal/apps/SVC`  | `app::remove_app_directory`                | `remove_app` |
-    /// | … and `rm -r .kamal/proxy/apps-config/SVC`             | `app::remove_proxy_app_directory`          | `remove_app` |
-    /// | `app stop`: `app.remove` (`kamal-proxy remove`)        | `proxy::remove`                            | `stop_app` |
-    /// | `build pull`: `builder.clean` (`docker image rm --force`) | `builder::remove_image_before_pull`     | `pull_image` (`;`) |
-    /// | `proxy stop`, `proxy reboot`, `proxy remove`: `proxy.stop` | `proxy::stop_container`                | `proxy_action`, `reboot_proxy`, `remove_proxy` |
-    /// | `proxy remove_proxy_directory`: `rm -r .kamal/proxy`   | `proxy::remove_proxy_directory`            | `remove_proxy` |
-    /// | `accessory stop` (also in `remove`): `accessory.stop`  | `accessory::stop`                          | `accessory_action`, `remove_accessories`, `reboot_accessory` |
-    /// | `server bootstrap`: `docker -v` and friends            | `server::docker_installed`                 | `bootstrap_servers` |
-    ///
-    /// Kamal's tolerant `current_running_version`/`list_versions` captures end in `while read …`, which exits 0,
-    /// so berth's strict runs of them cannot fail on the exit status either. Where a spot sits inside one script
-    /// with other commands (marked `;`), it is joined with [`Cmd::then`], which likewise ignores only its status.
+    /// | Kamal 2.12                                                 | berth builder                       | where (engine) |
+    /// |------------------------------------------------------------|-------------------------------------|----------------|
+    /// | `app stop`: `app.stop` (`… \| xargs docker stop`, 123 when nothing runs) | `app::stop`          | `stop_app` |
+    /// | `app stop`: `app.remove` (`kamal-proxy remove`)            | `proxy::remove`                     | `stop_app` |
+    /// | `app start`: `app.start` (`docker start`)                  | `app::start`                        | `start_app` |
+    /// | `app stale_containers --stop`: `app.stop(version:)`        | `app::stop`                         | `stale_containers` |
+    /// | `app/boot.rb` `stop_old_version`                           | `app::stop_containers`              | `boot_app`, joined by `;` |
+    /// | `app/boot.rb` `stop_new_version`                           | `app::stop`, `docker stop <id>`     | `boot_role`, `roll_back` |
+    /// | `app remove_app_directories`: `rm -r .kamal/apps/SVC`      | `app::remove_app_directory`         | `remove_app` |
+    /// | … and `rm -r .kamal/proxy/apps-config/SVC`                 | `app::remove_proxy_app_directory`   | `remove_app` |
+    /// | `build pull`: `builder.clean` (`docker image rm --force`)  | `builder::remove_image_before_pull` | `pull_image` |
+    /// | `proxy stop`, `reboot`, `upgrade`, `remove`: `proxy.stop`  | `proxy::stop_container`             | `proxy_action`, `reboot_proxy`, `remove_proxy` |
+    /// | `proxy remove_proxy_directory`: `rm -r .kamal/proxy`       | `proxy::remove_proxy_directory`     | `remove_proxy` |
+    /// | `accessory stop` (so `reboot`, `remove`): `accessory.stop` | `accessory::stop`                   | `accessory_action`, `reboot_accessory`, `remove_accessories` |
+    /// | `server bootstrap`: `docker.installed?`                    | `server::docker_installed`          | `bootstrap_servers` (its status is the answer) |
+    /// | `current_running_version`, `list_versions`, `container_id_for_version` captures | `app::current_running_version`, … | strict: they end in `while read`/`docker ls`, which exit 0 |
+    /// | `server bootstrap`: `superuser?`, `root?`, `in_docker_group?` | —                                | berth does not install Docker |
+    /// | `proxy boot_config reset`: `rm` of the option files        | —                                   | not a berth command |
+    /// | `registry remove` on the deployer (`docker logout`)        | —                                   | berth logs out on hosts only |
     pub async fn run_tolerating_exit(&self, host: &str, cmd: &Cmd) -> Result<CommandOutput, EngineError> {
         let output = self.run_unchecked(host, cmd).await?;
         if output.exit_status != 0 {
