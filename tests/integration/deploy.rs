@@ -498,7 +498,8 @@ fn a_held_lock_blocks_deploys_and_a_killed_deploy_leaves_no_lock_behind() {
 /// Kamal's tolerance and audit trail on a plain app: its audit lines for a redeploy of the same version
 /// (renaming), the `latest` tag and prune; an image without the `service` label refused at pull with Kamal's
 /// message and nothing booted from it; `app stop` twice and `remove -y` twice in a row succeed (Kamal tolerates
-/// stopping what is not running and removing directories that are gone), leaving the host clean.
+/// stopping what is not running and removing directories that are gone), leaving the host clean, as they do on
+/// a host that never saw the app.
 #[test]
 fn stop_and_remove_succeed_twice_and_a_label_less_image_is_refused_at_pull() {
     let bench = Bench::start(1);
@@ -511,6 +512,10 @@ fn stop_and_remove_succeed_twice_and_a_label_less_image_is_refused_at_pull() {
     let d = Deployment::new(bench, &config);
     let h1 = d.host(1).clone();
     let audit_log = || d.bench.ssh_ok(&h1, "cat .kamal/app-audit.log");
+
+    // On a host that never saw the app, stopping and removing it are no-ops that succeed, as in Kamal.
+    d.berth(&["app", "stop"]).ok();
+    d.berth(&["remove", "-y"]).ok();
 
     d.berth(&["setup", "-P", "--version", "v1"]).ok();
     d.berth(&["deploy", "-P", "--version", "v2"]).ok();
