@@ -237,6 +237,12 @@ impl Engine {
         Ok(secrets.clone())
     }
 
+    /// The command appending Kamal's audit line `message` (tagged with `details`, usually the role) to the
+    /// host's audit log, stamped now by this performer.
+    pub fn audit_record(&self, details: &[&str], message: crate::commands::auditor::Message) -> crate::command::Cmd {
+        crate::commands::auditor::record(&self.config, &now_iso8601(), &self.performer, details, &message.to_string())
+    }
+
     /// Reports where a deploy is, for the daemon's stage timeline (the console ignores it).
     pub fn progress(&self, stage: DeployStage, host: Option<&str>, state: ProgressState) {
         self.sink.emit(Event::Progress { stage, host: host.map(str::to_string), state });

@@ -900,4 +900,21 @@ mod tests {
         assert_eq!(remove_app_directory(&config).script(), "rm -r .kamal/apps/app");
         assert_eq!(remove_proxy_app_directory(&config).script(), "rm -r .kamal/proxy/apps-config/app");
     }
+
+    /// Why the engine tolerates `app stop`'s exit status, as Kamal does: with nothing running, GNU `xargs` still
+    /// runs `docker stop` once without ids, which refuses, and `xargs` exits 123.
+    #[test]
+    fn stop_exits_123_when_nothing_runs_and_0_when_something_does() {
+        use crate::commands::test_config::run_with_fake_docker_status;
+        let config = config(TWO_ROLES);
+        let web = config.role("web").unwrap();
+        let stop = |running: &str| {
+            let fake = format!(
+                "case \"$1\" in\n  ps) printf '{running}' ;;\n  stop) [ $# -gt 1 ] || exit 1; echo \"stopped $2\" ;;\nesac"
+            );
+            run_with_fake_docker_status(stop(&config, web, None).script(), &fake)
+        };
+        assert_eq!(stop(""), (String::new(), 123));
+        assert_eq!(stop("abc\\n"), ("stopped abc\n".to_string(), 0));
+    }
 }

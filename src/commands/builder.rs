@@ -685,4 +685,18 @@ mod tests {
         assert_eq!(ensure_docker_installed().script(), "docker --version && docker buildx version");
         assert_eq!(info().script(), "docker context ls && docker buildx ls");
     }
+
+    /// Kamal's check at pull: the image's `service` label must be the config's service, else its message.
+    #[test]
+    fn validate_image_refuses_an_image_without_the_service_label() {
+        use crate::commands::test_config::run_with_fake_docker_status;
+        let config = builder_config("  arch: amd64\n", REGISTRY);
+        let validate = |label: &str| {
+            run_with_fake_docker_status(validate_image(&config, "123").script(), &format!("echo '{label}'"))
+        };
+        assert_eq!(validate("app"), ("app\n".to_string(), 0));
+        for label in ["", "other"] {
+            assert_eq!(validate(label), ("Image dhh/app:123 is missing the 'service' label\n".to_string(), 1));
+        }
+    }
 }

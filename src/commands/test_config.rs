@@ -36,11 +36,16 @@ pub fn load(yaml: &str, destination: Option<&str>) -> Config {
 /// Runs `script` with `sh` where `docker` is a fake: a shell script with body `fake_docker` (it sees the real
 /// arguments as `$@`). Returns stdout.
 pub fn run_with_fake_docker(script: &str, fake_docker: &str) -> String {
+    run_with_fake_docker_status(script, fake_docker).0
+}
+
+/// [`run_with_fake_docker`], with the script's exit status.
+pub fn run_with_fake_docker_status(script: &str, fake_docker: &str) -> (String, i32) {
     let dir = tempfile::tempdir().unwrap();
     let fake = dir.path().join("docker");
     std::fs::write(&fake, format!("#!/bin/sh\n{fake_docker}\n")).unwrap();
     std::process::Command::new("chmod").arg("+x").arg(&fake).status().unwrap();
     let path = format!("{}:{}", dir.path().display(), std::env::var("PATH").unwrap_or_default());
     let output = std::process::Command::new("sh").arg("-c").arg(script).env("PATH", path).output().unwrap();
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    (String::from_utf8_lossy(&output.stdout).into_owned(), output.status.code().unwrap_or(-1))
 }

@@ -14,6 +14,7 @@ use super::output::{DeployStage, ProgressState};
 use super::remote::on_hosts;
 use super::{Engine, EngineError};
 use crate::command::Cmd;
+use crate::commands::auditor::Message;
 use crate::commands::proxy::TlsOwner;
 use crate::commands::{self, app, names};
 use crate::config::Role;
@@ -109,12 +110,16 @@ impl Engine {
                 async move {
                     let started = Instant::now();
                     self.progress(DeployStage::Cutover, Some(&host), ProgressState::Started);
-                    let mut finish = app::tag_latest_image(&self.config, version);
+                    let image = names::image(&self.config, version);
+                    let mut finish = self
+                        .audit_record(&[], Message::TaggingLatest { image: &image })
+                        .and(app::tag_latest_image(&self.config, version));
                     let mut stopped = Vec::new();
                     for boot in booted.iter().filter(|boot| boot.host == host && !boot.stop_ids.is_empty()) {
                         let role = self.config.role(&boot.role).expect("booted roles exist");
                         let timeout = app::stop_timeout(&self.config, role);
-                        finish = app::stop_containers(&boot.stop_ids, timeout).and(finish);
+                        // `;`: Kamal's `stop_old_version` tolerates the stop failing (e.g. the container is gone).
+                        finish = app::stop_containers(&boot.stop_ids, timeout).then(finish);
                         stopped.extend(
                             boot.previous_version.iter().map(|v| names::container_name(&self.config, &role.name, v)),
                         );
@@ -162,16 +167,18 @@ impl Engine {
 
     /// Kamal's `prune all` for one host, decided from what the host ran before the deploy and what the deploy
     /// stopped (no listing): stopped containers beyond `retain_containers`, and the images only they used.
-    /// Best effort: a prune that fails is a warning, not a failed deploy.
+    /// Best effort: a prune that fails is a warning, not a failed deploy. Kamal's audit lines are written
+    /// whether or not there is anything to prune.
     async fn prune_after_deploy(&self, host: &str, inventory: &Inventory, version: &str) -> Result<(), EngineError> {
         let started = Instant::now();
         let removed = inventory.prunable(self.config.retain_containers.max(1) as usize);
-        if removed.is_empty() {
-            return Ok(());
-        }
         let ids: Vec<String> = removed.iter().map(|container| container.id.clone()).collect();
         let images = inventory.images_freed_by(&removed, &names::image(&self.config, version));
-        let mut prune = app::remove_containers_by_id(&ids);
+        let mut prune = self.audit_record(&[], Message::PrunedContainers);
+        if !ids.is_empty() {
+            prune = prune.and(app::remove_containers_by_id(&ids));
+        }
+        prune = prune.and(self.audit_record(&[], Message::PrunedImages));
         if !images.is_empty() {
             prune = prune.and(commands::prune::remove_image_references(&images));
         }
@@ -179,6 +186,9 @@ impl Engine {
         if output.exit_status != 0 {
             let why = output.stderr.trim();
             self.sink().emit(super::output::Event::Warning(format!("{host}: pruning failed: {why}")));
+            return Ok(());
+        }
+        if ids.is_empty() {
             return Ok(());
         }
         let text = format!("Pruned {} container(s) and {} image(s)", ids.len(), images.len());
@@ -274,11 +284,23 @@ impl Engine {
         // container an interrupted deploy left running).
         let stop_ids: Vec<String> = inventory.running(&role.name).map(|container| short_id(&container.id)).collect();
 
-        // Same version already there (redeploy, rollback): move it out of the way, as Kamal does.
-        let mut run = app::run(config, role, host, version, &random_hex(6));
+        // Same version already there (redeploy, rollback): move it out of the way, as Kamal does (audited).
+        let mut run = self.audit_record(&[&role.name], Message::BootedApp { version }).and(app::run(
+            config,
+            role,
+            host,
+            version,
+            &random_hex(6),
+        ));
         if inventory.named(&name).is_some() {
-            let renamed = names::replaced_container_name(config, &role.name, version, &random_hex(8));
-            run = app::rename_container(config, role, version, &renamed).and(run);
+            let hex = random_hex(8);
+            let renamed = names::replaced_container_name(config, &role.name, version, &hex);
+            let renamed_version = format!("{version}_replaced_{hex}");
+            self.info(format!("Renaming container {version} to {renamed_version} as already deployed on {host}"));
+            run = self
+                .audit_record(&[&role.name], Message::RenamingContainer { version, renamed_version: &renamed_version })
+                .and(app::rename_container(config, role, version, &renamed))
+                .and(run);
         }
 
         // Asset bridging: the new container mounts a volume holding its assets and the running version's.
@@ -292,9 +314,7 @@ impl Engine {
             remote.run(host, &bridge).await.map_err(boot_failed)?;
         }
 
-        let message = format!("Booted app version {version}");
-        let audit = commands::auditor::record(config, &super::now_iso8601(), &self.performer, &[&role.name], &message);
-        let output = remote.run(host, &audit.and(run)).await.map_err(boot_failed)?;
+        let output = remote.run(host, &run).await.map_err(boot_failed)?;
         let container_id = output.stdout.lines().last().map(short_id).unwrap_or_default();
         let mut boot = Booted {
             host: host.to_string(),
@@ -328,7 +348,7 @@ impl Engine {
             }
             Err(err) => {
                 let logs = remote.run_unchecked(host, &app::container_logs_tail(config, role, version, 20)).await;
-                let _ = remote.run_unchecked(host, &app::stop(config, role, Some(version))).await;
+                let _ = remote.run_tolerating_exit(host, &app::stop(config, role, Some(version))).await;
                 let logs = logs.map(|out| out.stdout).unwrap_or_default();
                 let message = format!(
                     "{name} on {host} did not become healthy: {err}\nIts last log lines:\n{}",
@@ -401,7 +421,7 @@ impl Engine {
                             }
                         }
                         let stop = Cmd::new("docker").arg("stop").arg(&boot.container_id);
-                        self.remote().run_unchecked(&host, &stop).await?;
+                        self.remote().run_tolerating_exit(&host, &stop).await?;
                         self.remote().report(&host, &format!("Stopped the new {} container", role.name), started, true);
                     }
                     Ok(())

@@ -8,6 +8,7 @@ use super::output::{DeployStage, Event, ProgressState};
 use super::remote::on_hosts;
 use super::{Engine, EngineError};
 use crate::command::Cmd;
+use crate::commands::auditor::Message;
 use crate::commands::{self, app, names};
 
 /// What `deploy`/`setup`/`redeploy` were asked to do.
@@ -110,7 +111,8 @@ impl Engine {
     }
 
     /// `build pull`: log in and pull the app image on every app host in parallel, and check its `service` label
-    /// (local registry mode: send it from the local engine instead).
+    /// (local registry mode: send it from the local engine instead, and check it the same way). As Kamal's
+    /// `pull_on_hosts`: audit, `docker image rm --force` the tag (tolerated: it may not be there), pull, check.
     pub async fn pull_image(&self) -> Result<(), EngineError> {
         if self.config.registry.is_local() {
             let hosts = self.selection.app_hosts(&self.config);
@@ -134,14 +136,20 @@ impl Engine {
                 async move {
                     let started = Instant::now();
                     self.progress(DeployStage::Pull, Some(&host), ProgressState::Started);
-                    let message = format!("Pulled image with version {}", self.config.version);
-                    let audit =
-                        commands::auditor::record(&self.config, &super::now_iso8601(), &self.performer, &[], &message);
-                    let mut pull = audit.and(commands::builder::pull(&self.config, &self.config.version));
-                    if let Some(login) = login {
-                        pull = login.and(pull);
+                    let version = &self.config.version;
+                    let pulled = async {
+                        let mut audit = self.audit_record(&[], Message::PulledImage { version });
+                        if let Some(login) = login {
+                            audit = login.and(audit);
+                        }
+                        self.remote().run(&host, &audit).await?;
+                        let clean = commands::builder::remove_image_before_pull(&self.config, version);
+                        self.remote().run_tolerating_exit(&host, &clean).await?;
+                        self.remote().run(&host, &commands::builder::pull(&self.config, version)).await?;
+                        // Kamal refuses an image without the `service` label its prune selects images by.
+                        self.remote().run(&host, &commands::builder::validate_image(&self.config, version)).await
                     }
-                    let pulled = self.remote().run(&host, &pull).await;
+                    .await;
                     let state = if pulled.is_ok() { ProgressState::Succeeded } else { ProgressState::Failed };
                     self.progress(DeployStage::Pull, Some(&host), state);
                     pulled?;
@@ -186,13 +194,10 @@ impl Engine {
         let hosts = self.selection.hosts.clone();
         self.stage("Prune old containers", hosts.len(), async {
             on_hosts(&hosts, |host| async move {
-                self.remote()
-                    .step(
-                        &host,
-                        &format!("Pruned stopped containers (kept {retain})"),
-                        &commands::prune::app_containers(&self.config, retain),
-                    )
-                    .await?;
+                let prune = self
+                    .audit_record(&[], Message::PrunedContainers)
+                    .and(commands::prune::app_containers(&self.config, retain));
+                self.remote().step(&host, &format!("Pruned stopped containers (kept {retain})"), &prune).await?;
                 Ok(())
             })
             .await
@@ -205,8 +210,10 @@ impl Engine {
         let hosts = self.selection.hosts.clone();
         self.stage("Prune unused images", hosts.len(), async {
             on_hosts(&hosts, |host| async move {
-                let prune =
-                    commands::prune::dangling_images(&self.config).and(commands::prune::tagged_images(&self.config));
+                let prune = self
+                    .audit_record(&[], Message::PrunedImages)
+                    .and(commands::prune::dangling_images(&self.config))
+                    .and(commands::prune::tagged_images(&self.config));
                 self.remote().step(&host, "Pruned unused images", &prune).await?;
                 Ok(())
             })
@@ -239,17 +246,23 @@ impl Engine {
         self.run_hook("docker-setup", &[]).await
     }
 
-    /// `app stop` on every selected (host, role): leave the proxy first, then stop the container.
+    /// `app stop` on every selected (host, role): leave the proxy first, then stop the container. Both are
+    /// tolerated failures as in Kamal, so stopping what is not running (again) succeeds.
     pub async fn stop_app(&self) -> Result<(), EngineError> {
         let hosts = self.selection.app_hosts(&self.config);
         on_hosts(&hosts, |host| async move {
             for role in self.selection.roles_on(&self.config, &host) {
+                self.remote().run(&host, &self.audit_record(&[&role.name], Message::StoppedApp)).await?;
                 if role.runs_proxy() {
                     let service = names::container_prefix(&self.config, &role.name);
-                    self.remote().run_unchecked(&host, &commands::proxy::remove(&service)).await?;
+                    self.remote().run_tolerating_exit(&host, &commands::proxy::remove(&service)).await?;
                 }
                 self.remote()
-                    .step(&host, &format!("Stopped {}", role.name), &app::stop(&self.config, role, None))
+                    .step_tolerating_exit(
+                        &host,
+                        &format!("Stopped {}", role.name),
+                        &app::stop(&self.config, role, None),
+                    )
                     .await?;
             }
             Ok(())
@@ -258,7 +271,8 @@ impl Engine {
         Ok(())
     }
 
-    /// `app start`: start the current version's container again and give it back to the proxy.
+    /// `app start`: start the version's container again (tolerated, as in Kamal: it may run already) and give
+    /// the container that runs now back to the proxy.
     pub async fn start_app(&self) -> Result<(), EngineError> {
         let hosts = self.selection.app_hosts(&self.config);
         let version = self.config.version.clone();
@@ -267,14 +281,25 @@ impl Engine {
             async move {
                 for role in self.selection.roles_on(&self.config, &host) {
                     let started = Instant::now();
-                    self.remote().run(&host, &app::start(&self.config, role, &version)).await?;
+                    let audit = self.audit_record(&[], Message::StartedApp { version: &version });
+                    self.remote().run(&host, &audit).await?;
+                    self.remote().run_tolerating_exit(&host, &app::start(&self.config, role, &version)).await?;
                     if role.runs_proxy() {
+                        let running =
+                            self.remote().run(&host, &app::current_running_version(&self.config, role)).await?;
+                        let running = running.stdout.trim().to_string();
                         let id = self
                             .remote()
-                            .run(&host, &app::container_id_for_version(&self.config, role, &version, true))
+                            .run(&host, &app::container_id_for_version(&self.config, role, &running, false))
                             .await?;
                         let id: String = id.stdout.trim().chars().take(12).collect();
-                        self.remote().run(&host, &self.proxy_deploy(role, &id, &version)).await?;
+                        if id.is_empty() {
+                            return Err(EngineError::Refused(format!(
+                                "Failed to get endpoint for {} on {host}, did the container boot?",
+                                role.name
+                            )));
+                        }
+                        self.remote().run(&host, &self.proxy_deploy(role, &id, &running)).await?;
                     }
                     self.remote().report(
                         &host,

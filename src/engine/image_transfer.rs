@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use super::remote::{Remote, on_hosts};
 use super::{Engine, EngineError};
+use crate::commands::auditor::Message;
 use crate::commands::{self, names};
 
 impl Engine {
@@ -49,14 +50,20 @@ impl Engine {
         let result = self
             .stage(&format!("Send {image}"), hosts.len(), async {
                 let mut missing = Vec::new();
-                // Hosts that already hold this exact image (e.g. a redeploy) are skipped without a transfer.
+                // Hosts that already hold this exact image (e.g. a redeploy) are skipped without a transfer, but
+                // its `service` label is checked there too: a refused image stays loaded, as Kamal leaves it.
                 let id_query = &id_query;
+                let source_id = &source_id;
                 let present = on_hosts(&hosts, |host| async move {
-                    Ok(self.remote().run_unchecked(&host, id_query).await?.stdout.trim().to_string())
+                    let id = self.remote().run_unchecked(&host, id_query).await?.stdout.trim().to_string();
+                    if id == *source_id {
+                        self.remote().run(&host, &commands::builder::validate_image(config, version)).await?;
+                    }
+                    Ok(id)
                 })
                 .await?;
                 for (host, id) in hosts.iter().zip(present) {
-                    if id == source_id {
+                    if id == *source_id {
                         self.remote().report(host, &format!("{image} is already here"), Instant::now(), true);
                     } else {
                         missing.push(host.clone());
@@ -94,9 +101,7 @@ impl Engine {
                     let image = &image;
                     async move {
                         let started = Instant::now();
-                        let message = format!("Pulled image with version {version}");
-                        let audit =
-                            commands::auditor::record(config, &super::now_iso8601(), &self.performer, &[], &message);
+                        let audit = self.audit_record(&[], Message::PulledImage { version });
                         let load = audit
                             .and(commands::builder::load())
                             .and(commands::builder::validate_image(config, version));

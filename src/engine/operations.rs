@@ -11,6 +11,7 @@ use super::remote::on_hosts;
 use super::{Engine, EngineError};
 use crate::command::Cmd;
 use crate::commands::app::{ExecMode, LogOptions};
+use crate::commands::auditor::Message;
 use crate::commands::{self, accessory, app, names, proxy};
 use crate::config::Accessory;
 
@@ -103,7 +104,8 @@ impl Engine {
         remote
             .write_file(host, &names::accessory_env_file(&self.config, &accessory.name), env_text.as_bytes(), 0o600)
             .await?;
-        let output = remote.run(host, &accessory::run(&self.config, accessory, host)).await?;
+        let audit = self.audit_record(&[], Message::BootedAccessory { name: &accessory.name });
+        let output = remote.run(host, &audit.and(accessory::run(&self.config, accessory, host))).await?;
         if let Some(port) = accessory_app_port(accessory) {
             let id: String = output.stdout.trim().chars().take(12).collect();
             if let Some(deploy) = accessory::deploy_to_proxy(&self.config, accessory, &format!("{id}:{port}")) {
@@ -122,13 +124,21 @@ impl Engine {
                 on_hosts(&hosts, |host| {
                     let accessory = accessory.clone();
                     async move {
+                        let name = &accessory.name;
                         self.registry_login(&host).await?;
-                        self.remote().run(&host, &accessory::pull_image(&accessory)).await?;
+                        let pull = self
+                            .audit_record(&[], Message::PulledAccessoryImage { name })
+                            .and(accessory::pull_image(&accessory));
+                        self.remote().run(&host, &pull).await?;
                         if accessory.proxy.is_some() {
                             self.remote().run_unchecked(&host, &accessory::remove_from_proxy(&accessory)).await?;
                         }
-                        self.remote().run(&host, &accessory::stop(&accessory)).await?;
-                        self.remote().run(&host, &accessory::remove_container(&accessory)).await?;
+                        self.remote().run(&host, &self.audit_record(&[], Message::StoppedAccessory { name })).await?;
+                        self.remote().run_tolerating_exit(&host, &accessory::stop(&accessory)).await?;
+                        let remove = self
+                            .audit_record(&[], Message::RemovedAccessoryContainer { name })
+                            .and(accessory::remove_container(&accessory));
+                        self.remote().run(&host, &remove).await?;
                         self.boot_accessory_on(&host, &accessory, true).await
                     }
                 })
@@ -153,7 +163,22 @@ impl Engine {
                     if action == AccessoryAction::Stop && accessory.proxy.is_some() {
                         self.remote().run_unchecked(&host, &accessory::remove_from_proxy(&accessory)).await?;
                     }
-                    let output = self.remote().step(&host, &format!("{action:?} {}", accessory.service), &cmd).await?;
+                    let text = format!("{action:?} {}", accessory.service);
+                    let name = accessory.name.as_str();
+                    let audited = match action {
+                        AccessoryAction::Start => Some(Message::StartedAccessory { name }),
+                        AccessoryAction::Stop => Some(Message::StoppedAccessory { name }),
+                        AccessoryAction::Details => None,
+                    };
+                    if let Some(message) = audited {
+                        self.remote().run(&host, &self.audit_record(&[], message)).await?;
+                    }
+                    let output = if action == AccessoryAction::Stop {
+                        // Kamal tolerates stopping an accessory that is not running.
+                        self.remote().step_tolerating_exit(&host, &text, &cmd).await?
+                    } else {
+                        self.remote().step(&host, &text, &cmd).await?
+                    };
                     Ok((host, output.stdout))
                 }
             })
@@ -197,7 +222,9 @@ impl Engine {
                     false,
                 )
             };
-            self.show_per_host(&format!("Accessory {} Host", accessory.name), &hosts, &cmd).await?;
+            let cmd_text = command.join(" ");
+            let audit = self.audit_record(&[], Message::ExecutedOnAccessory { cmd: &cmd_text, name: &accessory.name });
+            self.show_per_host(&format!("Accessory {} Host", accessory.name), &hosts, &audit.and(cmd)).await?;
         }
         Ok(())
     }
@@ -212,11 +239,19 @@ impl Engine {
                     if accessory.proxy.is_some() {
                         self.remote().run_unchecked(&host, &accessory::remove_from_proxy(&accessory)).await?;
                     }
-                    let remove = accessory::stop(&accessory)
-                        .then(accessory::remove_container(&accessory))
-                        .then(accessory::remove_image(&accessory))
-                        .then(accessory::remove_service_directory(&accessory));
-                    self.remote().step(&host, &format!("Removed {}", accessory.service), &remove).await?;
+                    // Kamal's `remove_accessory`: only the stop may fail (nothing running); the rest may not.
+                    let started = Instant::now();
+                    let name = &accessory.name;
+                    self.remote().run(&host, &self.audit_record(&[], Message::StoppedAccessory { name })).await?;
+                    self.remote().run_tolerating_exit(&host, &accessory::stop(&accessory)).await?;
+                    let remove = self
+                        .audit_record(&[], Message::RemovedAccessoryContainer { name })
+                        .and(accessory::remove_container(&accessory))
+                        .and(self.audit_record(&[], Message::RemovedAccessoryImage { name }))
+                        .and(accessory::remove_image(&accessory))
+                        .and(accessory::remove_service_directory(&accessory));
+                    self.remote().run(&host, &remove).await?;
+                    self.remote().report(&host, &format!("Removed {}", accessory.service), started, true);
                     Ok(())
                 }
             })
@@ -321,27 +356,32 @@ impl Engine {
             async move {
                 let mut text = String::new();
                 for role in self.selection.roles_on(&self.config, &host) {
-                    let cmd = if reuse {
-                        let running =
-                            self.remote().run(&host, &app::current_running_version(&self.config, role)).await?;
-                        let running = running.stdout.trim().to_string();
-                        app::execute_in_existing_container(&self.config, role, &running, command, &env, false)
-                    } else {
-                        let running =
-                            self.remote().run(&host, &app::current_running_version(&self.config, role)).await?;
-                        let running = running.stdout.trim();
-                        let version = if running.is_empty() { version.as_str() } else { running };
-                        app::execute_in_new_container(
-                            &self.config,
-                            role,
-                            &host,
-                            version,
-                            command,
-                            &env,
-                            ExecMode::Attached,
-                            &random_hex(3),
-                        )
-                    };
+                    let cmd_text = command.join(" ");
+                    let executed = |version| Message::ExecutedOnApp { cmd: &cmd_text, version };
+                    let cmd =
+                        if reuse {
+                            let running =
+                                self.remote().run(&host, &app::current_running_version(&self.config, role)).await?;
+                            let running = running.stdout.trim().to_string();
+                            self.audit_record(&[&role.name], executed(&running)).and(
+                                app::execute_in_existing_container(&self.config, role, &running, command, &env, false),
+                            )
+                        } else {
+                            let running =
+                                self.remote().run(&host, &app::current_running_version(&self.config, role)).await?;
+                            let running = running.stdout.trim();
+                            let version = if running.is_empty() { version.as_str() } else { running };
+                            self.audit_record(&[], executed(version)).and(app::execute_in_new_container(
+                                &self.config,
+                                role,
+                                &host,
+                                version,
+                                command,
+                                &env,
+                                ExecMode::Attached,
+                                &random_hex(3),
+                            ))
+                        };
                     let output = self.remote().run(&host, &cmd).await?;
                     text.push_str(&output.stdout);
                 }
@@ -367,7 +407,7 @@ impl Engine {
                     let name = names::container_name(&self.config, &role.name, version);
                     if stop {
                         self.remote()
-                            .step(
+                            .step_tolerating_exit(
                                 &host,
                                 &format!("Stopped stale container {name}"),
                                 &app::stop(&self.config, role, Some(version)),
@@ -387,18 +427,34 @@ impl Engine {
         Ok(())
     }
 
-    /// `app remove`: leave the proxy, stop, remove containers, images and the app's directories.
+    /// `app remove`: leave the proxy, stop, remove containers; then, on hosts where every role of the host is
+    /// being removed (Kamal's `hosts_removing_all_roles`), the images and the app's directories. Idempotent as
+    /// Kamal's: stopping nothing and removing directories that are gone are tolerated failures.
     pub async fn remove_app(&self) -> Result<(), EngineError> {
         self.stop_app().await?;
         let hosts = self.selection.app_hosts(&self.config);
         on_hosts(&hosts, |host| async move {
+            let started = Instant::now();
             for role in self.selection.roles_on(&self.config, &host) {
-                self.remote().run(&host, &app::remove_containers(&self.config, role)).await?;
+                let remove = self
+                    .audit_record(&[&role.name], Message::RemovedAllAppContainers)
+                    .and(app::remove_containers(&self.config, role));
+                self.remote().run(&host, &remove).await?;
             }
-            let remove = app::remove_images(&self.config)
-                .then(app::remove_app_directory(&self.config))
-                .then(app::remove_proxy_app_directory(&self.config));
-            self.remote().step(&host, "Removed the app's containers, images and directories", &remove).await?;
+            let selected = self.selection.roles_on(&self.config, &host).count();
+            let on_host = self.config.roles.iter().filter(|role| role.host_names().any(|name| name == host)).count();
+            if selected < on_host {
+                self.remote().report(&host, "Removed the selected roles' containers", started, true);
+                return Ok(());
+            }
+            let images = self.audit_record(&[], Message::RemovedAllAppImages).and(app::remove_images(&self.config));
+            self.remote().run(&host, &images).await?;
+            self.remote().run_tolerating_exit(&host, &app::remove_app_directory(&self.config)).await?;
+            let path = names::app_directory(&self.config);
+            let audit = self.audit_record(&[], Message::RemovedAppDirectory { path: &path });
+            self.remote().run(&host, &audit).await?;
+            self.remote().run_tolerating_exit(&host, &app::remove_proxy_app_directory(&self.config)).await?;
+            self.remote().report(&host, "Removed the app's containers, images and directories", started, true);
             Ok(())
         })
         .await?;
@@ -430,7 +486,15 @@ impl Engine {
         on_hosts(&hosts, |host| {
             let cmd = cmd.clone();
             async move {
-                self.remote().step(&host, &format!("Proxy {action:?}"), &cmd).await?;
+                let text = format!("Proxy {action:?}");
+                if action == ProxyAction::Stop {
+                    self.remote().run(&host, &self.audit_record(&[], Message::StoppedProxy)).await?;
+                    // Kamal tolerates stopping a proxy that is not running.
+                    self.remote().step_tolerating_exit(&host, &text, &cmd).await?;
+                } else {
+                    self.remote().run(&host, &self.audit_record(&[], Message::StartedProxy)).await?;
+                    self.remote().step(&host, &text, &cmd).await?;
+                }
                 Ok(())
             }
         })
@@ -457,11 +521,19 @@ impl Engine {
                     return Ok(());
                 }
             }
-            let remove = proxy::stop_container()
-                .then(proxy::remove_container())
-                .then(proxy::remove_image())
-                .then(proxy::remove_proxy_directory());
-            self.remote().step(&host, "Removed the proxy", &remove).await?;
+            // Kamal's `proxy remove`: stop (tolerated), remove the container and the image (prunes, which do not
+            // fail on nothing), then `rm -r .kamal/proxy` (tolerated: it may be gone already).
+            let started = Instant::now();
+            self.remote().run(&host, &self.audit_record(&[], Message::StoppedProxy)).await?;
+            self.remote().run_tolerating_exit(&host, &proxy::stop_container()).await?;
+            let remove = self
+                .audit_record(&[], Message::RemovedProxyContainer)
+                .and(proxy::remove_container())
+                .and(self.audit_record(&[], Message::RemovedProxyImage))
+                .and(proxy::remove_image());
+            self.remote().run(&host, &remove).await?;
+            self.remote().run_tolerating_exit(&host, &proxy::remove_proxy_directory()).await?;
+            self.remote().report(&host, "Removed the proxy", started, true);
             Ok(())
         })
         .await?;
@@ -519,7 +591,17 @@ impl Engine {
             return self.interactive_ssh(&host, &Cmd::raw_script(command));
         }
         let hosts = self.selection.hosts.clone();
-        self.show_per_host("App Host", &hosts, &Cmd::raw_script(command)).await
+        let outputs = on_hosts(&hosts, |host| async move {
+            let audit = self.audit_record(&[], Message::ExecutedOnHost { cmd: command, host: &host });
+            self.remote().run(&host, &audit).await?;
+            let output = self.remote().run(&host, &Cmd::raw_script(command)).await?;
+            Ok((host, output.stdout))
+        })
+        .await?;
+        for (host, text) in outputs {
+            self.show(&format!("App Host: {host}"), &text);
+        }
+        Ok(())
     }
 
     pub async fn lock_acquire(&self, message: &str) -> Result<(), EngineError> {

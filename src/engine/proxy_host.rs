@@ -7,6 +7,7 @@ use std::time::Instant;
 use super::proxy_image::ProxyImage;
 use super::remote::on_hosts;
 use super::{Engine, EngineError};
+use crate::commands::auditor::Message;
 use crate::commands::proxy;
 
 impl Engine {
@@ -148,7 +149,9 @@ impl Engine {
                         let started = Instant::now();
                         let image_name = self.ensure_proxy_image(&host, &image).await?;
                         self.remote().run(&host, &proxy::ensure_network()).await?;
-                        self.remote().run(&host, &proxy::stop_container()).await?;
+                        self.remote().run(&host, &self.audit_record(&[], Message::RebootedProxy)).await?;
+                        // As Kamal: the proxy may not be running (stopped, or never booted here).
+                        self.remote().run_tolerating_exit(&host, &proxy::stop_container()).await?;
                         self.remote().run(&host, &proxy::remove_container()).await?;
                         self.remote().run(&host, &proxy::ensure_apps_config_directory()).await?;
                         self.remote().run(&host, &proxy::run(&self.proxy_run(&host), &image_name)).await?;

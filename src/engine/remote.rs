@@ -71,6 +71,46 @@ impl Remote {
         Ok(self.ssh.run(host, cmd, &lines).await?)
     }
 
+    /// Runs `cmd` on `host` where Kamal passes `raise_on_non_zero_exit: false`: a non-zero exit is tolerated
+    /// (noted in the verbose output, as SSHKit logs it at debug level), an SSH failure is still an error. Every
+    /// such spot in Kamal 2.12's `lib/kamal/cli/`, each tolerating only its own command:
+    ///
+    /// | Kamal 2.12                                                 | berth builder                       | where (engine) |
+    /// |------------------------------------------------------------|-------------------------------------|----------------|
+    /// | `app stop`: `app.stop` (`… \| xargs docker stop`, 123 when nothing runs) | `app::stop`          | `stop_app` |
+    /// | `app stop`: `app.remove` (`kamal-proxy remove`)            | `proxy::remove`                     | `stop_app` |
+    /// | `app start`: `app.start` (`docker start`)                  | `app::start`                        | `start_app` |
+    /// | `app stale_containers --stop`: `app.stop(version:)`        | `app::stop`                         | `stale_containers` |
+    /// | `app/boot.rb` `stop_old_version`                           | `app::stop_containers`              | `boot_app`, joined by `;` |
+    /// | `app/boot.rb` `stop_new_version`                           | `app::stop`, `docker stop <id>`     | `boot_role`, `roll_back` |
+    /// | `app remove_app_directories`: `rm -r .kamal/apps/SVC`      | `app::remove_app_directory`         | `remove_app` |
+    /// | … and `rm -r .kamal/proxy/apps-config/SVC`                 | `app::remove_proxy_app_directory`   | `remove_app` |
+    /// | `build pull`: `builder.clean` (`docker image rm --force`)  | `builder::remove_image_before_pull` | `pull_image` |
+    /// | `proxy stop`, `reboot`, `upgrade`, `remove`: `proxy.stop`  | `proxy::stop_container`             | `proxy_action`, `reboot_proxy`, `remove_proxy` |
+    /// | `proxy remove_proxy_directory`: `rm -r .kamal/proxy`       | `proxy::remove_proxy_directory`     | `remove_proxy` |
+    /// | `accessory stop` (so `reboot`, `remove`): `accessory.stop` | `accessory::stop`                   | `accessory_action`, `reboot_accessory`, `remove_accessories` |
+    /// | `server bootstrap`: `docker.installed?`                    | `server::docker_installed`          | `bootstrap_servers` (its status is the answer) |
+    /// | `current_running_version`, `list_versions`, `container_id_for_version` captures | `app::current_running_version`, … | strict: they end in `while read`/`docker ls`, which exit 0 |
+    /// | `server bootstrap`: `superuser?`, `root?`, `in_docker_group?` | —                                | berth does not install Docker |
+    /// | `proxy boot_config reset`: `rm` of the option files        | —                                   | not a berth command |
+    /// | `registry remove` on the deployer (`docker logout`)        | —                                   | berth logs out on hosts only |
+    pub async fn run_tolerating_exit(&self, host: &str, cmd: &Cmd) -> Result<CommandOutput, EngineError> {
+        let output = self.run_unchecked(host, cmd).await?;
+        if output.exit_status != 0 {
+            let text = format!("exit status {} tolerated (as Kamal does)", output.exit_status);
+            self.sink.emit(Event::Line { host: Some(host.to_string()), stderr: false, text, always: false });
+        }
+        Ok(output)
+    }
+
+    /// [`Remote::run_tolerating_exit`] reported as one step, which is done whatever the exit status.
+    pub async fn step_tolerating_exit(&self, host: &str, text: &str, cmd: &Cmd) -> Result<CommandOutput, EngineError> {
+        let started = Instant::now();
+        let output = self.run_tolerating_exit(host, cmd).await?;
+        self.report(host, text, started, true);
+        Ok(output)
+    }
+
     /// Runs `cmd` on `host` with `stdin` streamed to it until its end (e.g. a build context as a tar); a
     /// non-zero exit is an error as with [`Remote::run`].
     pub async fn run_with_stdin_stream(

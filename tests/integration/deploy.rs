@@ -495,6 +495,86 @@ fn a_held_lock_blocks_deploys_and_a_killed_deploy_leaves_no_lock_behind() {
     assert!(leaked.is_empty(), "a secret appeared in a process's argv: {leaked:#?}");
 }
 
+/// Kamal's tolerance and audit trail on a plain app: its audit lines for a redeploy of the same version
+/// (renaming), the `latest` tag and prune; an image without the `service` label refused at pull with Kamal's
+/// message and nothing booted from it; `app stop` twice and `remove -y` twice in a row succeed (Kamal tolerates
+/// stopping what is not running and removing directories that are gone), leaving the host clean, as they do on
+/// a host that never saw the app.
+#[test]
+fn stop_and_remove_succeed_twice_and_a_label_less_image_is_refused_at_pull() {
+    let bench = Bench::start(1);
+    for version in ["v1", "v2"] {
+        bench.push_test_app_with(version, &[("SERVICE", "app")]);
+    }
+    bench.push_test_app_with("nolabel", &[("SERVICE", "")]);
+    let registry = bench.registry().addr.clone();
+    let config = one_host_config(&bench);
+    let d = Deployment::new(bench, &config);
+    let h1 = d.host(1).clone();
+    let audit_log = || d.bench.ssh_ok(&h1, "cat .kamal/app-audit.log");
+
+    // On a host that never saw the app, stopping and removing it are no-ops that succeed, as in Kamal.
+    d.berth(&["app", "stop"]).ok();
+    d.berth(&["remove", "-y"]).ok();
+
+    d.berth(&["setup", "-P", "--version", "v1"]).ok();
+    d.berth(&["deploy", "-P", "--version", "v2"]).ok();
+    let redeploy = d.berth(&["deploy", "-P", "--version", "v2"]);
+    assert!(redeploy.ok().contains("Renaming container v2 to v2_replaced_"), "{}", redeploy.stdout);
+    assert_eq!(d.version_served(&h1), "v2");
+    let log = audit_log();
+    for line in [
+        "] Pulled image with version v2".to_string(),
+        "] [web] Renaming container v2 to v2_replaced_".to_string(),
+        "] [web] Booted app version v2".to_string(),
+        format!("] Tagging {registry}/berth-test-app:v2 as the latest image"),
+        "] Pruned containers".to_string(),
+        "] Pruned images".to_string(),
+    ] {
+        assert!(log.contains(&line), "no {line:?} in the audit log:\n{log}");
+    }
+    let pruned = |log: &str| log.matches("] Pruned images").count();
+    let before = pruned(&log);
+    d.berth(&["prune", "all"]).ok();
+    assert_eq!(pruned(&audit_log()), before + 1, "prune all writes its line");
+
+    // No `service` label: refused at pull with Kamal's message; v2 keeps serving, nothing of it was booted.
+    for args in [&["deploy", "-P", "--version", "nolabel"][..], &["build", "pull", "--version", "nolabel"]] {
+        let out = d.berth(args);
+        let err = out.err();
+        let message = format!("Image {registry}/berth-test-app:nolabel is missing the 'service' label");
+        assert!(err.contains(&message), "berth {args:?}:\n{err}");
+    }
+    assert_eq!(d.version_served(&h1), "v2");
+    assert!(d.containers(&h1, &["--all", "--filter", "name=nolabel"]).is_empty(), "nothing booted from it");
+    assert!(!audit_log().contains("Booted app version nolabel"));
+
+    let running = || d.containers(&h1, &["--filter", "label=service=app"]);
+    for _ in 0..2 {
+        d.berth(&["app", "stop"]).ok();
+        assert!(running().is_empty(), "{:?}", running());
+    }
+    assert!(audit_log().contains("] [web] Stopped app"));
+
+    for round in 1..=2 {
+        let out = d.berth(&["remove", "-y"]);
+        assert!(out.success, "remove -y, round {round}:\n{}\n{}", out.stdout, out.stderr);
+        assert!(d.containers(&h1, &["--all"]).is_empty(), "no container left: {:?}", d.containers(&h1, &["--all"]));
+        let images = d.bench.docker(&h1, &["image", "ls", "--quiet", "--filter", "label=service=app"]);
+        assert_eq!(String::from_utf8_lossy(&images.stdout).trim(), "", "the app's images are pruned");
+        let proxy_images = d
+            .bench
+            .docker(&h1, &["image", "ls", "--quiet", "--filter", "label=org.opencontainers.image.title=kamal-proxy"]);
+        assert_eq!(String::from_utf8_lossy(&proxy_images.stdout).trim(), "", "the proxy's image is pruned");
+        let left = d.bench.ssh_ok(&h1, "cd .kamal && find . | sort");
+        assert_eq!(left, ".\n./app-audit.log\n./apps", "only the audit log and the empty apps directory remain");
+    }
+    let log = audit_log();
+    for line in ["] [web] Removed all app containers", "] Removed all app images", "] Removed .kamal/apps/app"] {
+        assert!(log.contains(line), "no {line:?} in the audit log:\n{log}");
+    }
+}
+
 /// `-d` destinations (their own config file, secrets, container names and lock), and SSH that refuses a host
 /// whose key changed and gives up on an unreachable host within the connect timeout.
 #[test]
@@ -690,6 +770,23 @@ fn local_registry_mode_sends_the_image_over_ssh_without_a_registry() {
     // -P with an image this engine lacks says what to do.
     let out = d.berth(&["deploy", "-P", "--version", "v-missing"]);
     assert!(out.err().contains("is not in the local Docker engine"), "{}", out.stderr);
+
+    // An image without the `service` label is refused as Kamal's pull refuses it: where it is loaded (host 2),
+    // and where it is already there (host 1, whose engine is the deployer's); both keep serving.
+    d.bench.push_test_app_with("nolabel", &[("SERVICE", "")]);
+    d.bench.docker_login(&h1);
+    let pushed = format!("{}/berth-test-app:nolabel", d.bench.registry().addr);
+    d.bench
+        .ssh_ok(&h1, &format!("docker pull -q {pushed} && docker tag {pushed} localhost:5555/berth-test-app:nolabel"));
+    let message = "Image localhost:5555/berth-test-app:nolabel is missing the 'service' label";
+    let out = d.berth(&["deploy", "-P", "--version", "nolabel", "-h", &ip2]);
+    assert!(out.err().contains(message), "{}", out.stderr);
+    let out = d.berth(&["deploy", "-P", "--version", "nolabel"]);
+    assert!(out.err().contains(message), "{}", out.stderr);
+    for host in [&h1, &h2] {
+        assert_eq!(d.version_served(host), "built");
+        assert!(d.containers(host, &["--all", "--filter", "name=nolabel"]).is_empty(), "nothing booted from it");
+    }
 }
 
 /// Makes the project a git repository whose committed tree builds the test app (`APP_VERSION=built`), with an
