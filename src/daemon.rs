@@ -70,6 +70,7 @@ pub struct Daemon {
     server: tokio::task::JoinHandle<Result<(), std::io::Error>>,
     dispatcher: tokio::task::JoinHandle<()>,
     notifier: tokio::task::JoinHandle<()>,
+    leases: Option<tokio::task::JoinHandle<()>>,
     shutdown: tokio::sync::watch::Sender<bool>,
     /// What happened at start that the operator should know (deploys found interrupted).
     pub notices: Vec<String>,
@@ -126,13 +127,7 @@ impl Daemon {
                         "At the daemon's restart: the deploy lock could not be checked ({error}); the next deploy clears it"
                     ),
                 };
-                let last = store
-                    .lines_after(id, 0, i64::MAX)
-                    .await
-                    .ok()
-                    .and_then(|lines| lines.last().map(|l| l.0))
-                    .unwrap_or(0);
-                let _ = store.append_lines(id, &[(last + 1, line)]).await;
+                let _ = store.append_note(id, &line).await;
             });
         }
         let state =
@@ -152,6 +147,13 @@ impl Daemon {
             notifier::Notifier::new(state.store.clone(), Arc::clone(&state.config), Arc::clone(&state.secrets))
                 .map_err(DaemonError::Outbound)?;
         let notifier = tokio::spawn(notifier.run());
+        // On a shared database: renew this daemon's leases, and take over what daemons that stopped renewing
+        // left running (each such deploy becomes `interrupted`, its Kamal lock released).
+        let leases = state.store.is_shared().then(|| {
+            let (store, hosts, instance) =
+                (state.store.clone(), Arc::clone(&state.hosts), state.config.instance.clone());
+            tokio::spawn(keep_leases(store, Arc::clone(&queue), hosts, instance))
+        });
         // Log lines of deploys older than `log_retention` are deleted, hourly (the deploys are kept).
         let retention = state.config.log_retention;
         let store = state.store.clone();
@@ -163,7 +165,17 @@ impl Daemon {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
             }
         });
-        Ok(Daemon { address, state, server, dispatcher, notifier, shutdown, notices, _data_dir_lock: data_dir_lock })
+        Ok(Daemon {
+            address,
+            state,
+            server,
+            dispatcher,
+            notifier,
+            leases,
+            shutdown,
+            notices,
+            _data_dir_lock: data_dir_lock,
+        })
     }
 
     /// Stops taking requests and work; running deploys are stopped and rolled back (`interrupted`), within
@@ -173,16 +185,76 @@ impl Daemon {
         self.dispatcher.abort();
         // Deliveries not sent yet are in the database: the next start sends them.
         self.notifier.abort();
+        if let Some(leases) = self.leases {
+            leases.abort();
+        }
         let _ = self.shutdown.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
         self.state.store.close().await;
     }
 }
 
+/// How often a daemon on a shared database renews its leases and looks for expired ones (a third of
+/// [`store::LEASE`]: two renewals can fail before a lease is lost).
+const LEASE_RENEWAL: Duration = Duration::from_secs(5);
+
+/// Renews this daemon's leases, and interrupts the deploys of daemons whose leases expired: their Kamal
+/// lock (the one their process took, and no other) is released and their log says what happened.
+async fn keep_leases(store: Store, queue: Arc<Queue>, hosts: Arc<hosts::ServiceHosts>, instance: String) {
+    let mut renewed = Instant::now();
+    loop {
+        // Runs this daemon can no longer vouch for are stopped: a lease lost (another daemon interrupted the
+        // deploy), or not renewed for so long that another daemon may be about to.
+        let running = queue.running_ids();
+        match store.renew_leases().await {
+            Ok(Some(held)) => {
+                renewed = Instant::now();
+                let lost: Vec<i64> = running.into_iter().filter(|id| !held.contains(id)).collect();
+                queue.abandon(&lost);
+            }
+            Ok(None) => {}
+            Err(_) if renewed.elapsed() >= store::LEASE - LEASE_RENEWAL => queue.abandon(&running),
+            // A database that does not answer: the next pass tries again (and no deploy starts meanwhile).
+            Err(_) => {}
+        }
+        let error = format!(
+            "the daemon running it stopped renewing its lease (dead, frozen or cut off); {instance} marked it \
+             interrupted and released its deploy lock; hosts kept serving what they ran"
+        );
+        if let Ok(expired) = store.expire_leases(&error).await {
+            for (deploy, holder) in expired {
+                let (store, hosts, instance) = (store.clone(), Arc::clone(&hosts), instance.clone());
+                tokio::spawn(async move {
+                    let runner = deploy.runner.clone().unwrap_or_default();
+                    let line = match holder {
+                        Some(holder) => {
+                            match hosts.release_lock_held_by(&deploy.service, deploy.destination.clone(), holder).await
+                            {
+                                Ok(Some(host)) => format!(
+                                    "{instance}: {runner} stopped renewing its lease; released the deploy lock it held on {host}"
+                                ),
+                                Ok(None) => format!(
+                                    "{instance}: {runner} stopped renewing its lease; no deploy lock of it was left"
+                                ),
+                                Err(error) => format!(
+                                    "{instance}: {runner} stopped renewing its lease; its deploy lock could not be checked ({error})"
+                                ),
+                            }
+                        }
+                        None => format!("{instance}: {runner} stopped renewing its lease"),
+                    };
+                    let _ = store.append_note(deploy.id, &line).await;
+                });
+            }
+        }
+        tokio::time::sleep(LEASE_RENEWAL).await;
+    }
+}
+
 /// The configured store: PostgreSQL at `database_url`, else SQLite in `data_dir`.
 pub async fn open_store(config: &DaemonConfig) -> Result<Store, StoreError> {
     match &config.database_url {
-        Some(url) => Store::connect(url).await,
+        Some(url) => Store::connect(url, &config.instance, &crate::engine::lock::Holder::current().line()).await,
         None => Store::open(&config.database_path()).await,
     }
 }

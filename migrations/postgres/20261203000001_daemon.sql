@@ -20,7 +20,14 @@ CREATE TABLE deploys (
     created_at      TEXT NOT NULL,
     started_at      TEXT,
     ended_at        TEXT,
-    runner          TEXT
+    -- The daemon running it, and until when its lease holds: renewed every few seconds by that daemon; once
+    -- expired, any daemon marks the deploy `interrupted` (its runner is gone). Writes of a running deploy are
+    -- fenced by `state = 'running' AND runner = <writer>`, so a stale owner changes nothing.
+    runner          TEXT,
+    lease_expires_at TEXT,
+    -- The runner's process as its Kamal deploy lock names it (`Holder: berth pid=… host=… boot=…`): the
+    -- daemon that finds the lease expired releases that lock, and no other.
+    holder          TEXT
 );
 CREATE INDEX deploys_by_state ON deploys (state, id);
 CREATE INDEX deploys_by_service ON deploys (service, destination, id);

@@ -141,6 +141,21 @@ impl ServiceHosts {
         .map(|(host, _)| host)
     }
 
+    /// Releases the service's deploy lock if the process `holder` (a `Holder:` line) took it: for a deploy
+    /// whose daemon's lease expired. Returns the host it was on.
+    pub async fn release_lock_held_by(
+        &self,
+        service: &str,
+        destination: Option<String>,
+        holder: String,
+    ) -> Result<Option<String>, String> {
+        self.with_engine(service, destination, "lock", |engine| async move {
+            engine.release_lock_held_by(&holder).await.map_err(|error| error.to_string())
+        })
+        .await
+        .map(|(host, _)| host)
+    }
+
     /// Runs `work` with an engine for the service at its branch's head; returns its result and what it
     /// reported, as the console would show it (secrets redacted).
     async fn with_engine<T, F, Fut>(

@@ -106,6 +106,17 @@ impl Queue {
         running.keys().copied().collect()
     }
 
+    /// Stops the runs of deploys this daemon no longer holds (its lease on them was lost: another daemon
+    /// marked them `interrupted`): what switched is rolled back, and nothing more of them is recorded.
+    pub fn abandon(&self, ids: &[i64]) {
+        let running = self.running.lock().unwrap_or_else(|poison| poison.into_inner());
+        for id in ids {
+            if let Some(run) = running.get(id) {
+                stop(&run.reason, &run.cancel, StopReason::DaemonStopping);
+            }
+        }
+    }
+
     /// Starts runnable deploys whenever woken (and every second, so nothing waits on a lost wake-up), until
     /// [`Queue::stop`].
     pub async fn dispatch(self: Arc<Self>) {
@@ -318,13 +329,14 @@ mod tests {
         configure: impl FnOnce(&mut DaemonConfig),
     ) -> (Arc<Queue>, Arc<Scripted>, Store, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
+        let mut config = DaemonConfig::empty(dir.path());
+        configure(&mut config);
         let store = if postgres {
-            Store::connect(&crate::daemon::store::test_database().await).await.unwrap()
+            let url = crate::daemon::store::test_database().await;
+            Store::connect(&url, &config.instance, "Holder: berth pid=1 host=test boot=x").await.unwrap()
         } else {
             Store::open(&dir.path().join("db.sqlite")).await.unwrap()
         };
-        let mut config = DaemonConfig::empty(dir.path());
-        configure(&mut config);
         let runner =
             Arc::new(Scripted { millis, log: Mutex::default(), active: Mutex::default(), overlaps: Mutex::default() });
         let queue = Queue::new(store.clone(), Arc::new(LogHub::default()), Arc::new(config), runner.clone());

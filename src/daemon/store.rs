@@ -24,6 +24,7 @@ use super::config::QueuePolicy;
 use super::model::{AuditEntry, Deploy, DeployState, HostTiming, Scope, Stage, StageState, TokenInfo, stage_names};
 pub use deliveries::{Delivery, DeliveryOutcome, DeployEvent, DeployLink, NewDelivery};
 use deploy_cache::DeployCache;
+pub use postgres::LEASE;
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -154,9 +155,10 @@ impl Store {
         Ok(Store { db: Db::Sqlite { writer, reader }, tokens: Arc::default(), deploys: Arc::default() })
     }
 
-    /// Connects to PostgreSQL at `url` (`postgres://…`) and runs its migrations.
-    pub async fn connect(url: &str) -> Result<Store, StoreError> {
-        let pg = postgres::PgStore::connect(url).await?;
+    /// Connects to PostgreSQL at `url` (`postgres://…`) and runs its migrations, as daemon `instance` whose
+    /// process a Kamal lock names `holder` (its `Holder:` line).
+    pub async fn connect(url: &str, instance: &str, holder: &str) -> Result<Store, StoreError> {
+        let pg = postgres::PgStore::connect(url, instance, holder).await?;
         Ok(Store { db: Db::Postgres(pg), tokens: Arc::default(), deploys: Arc::default() })
     }
 
@@ -616,7 +618,47 @@ impl Store {
     }
 
     // -----------------------------------------------------------------------------------------------------
+    // Leases (PostgreSQL: several daemons; on SQLite one daemon holds the file, and these do nothing)
+
+    /// Extends the leases of the deploys this daemon runs; returns the ids it still holds (None on SQLite,
+    /// where nothing is leased).
+    pub async fn renew_leases(&self) -> Result<Option<Vec<i64>>, StoreError> {
+        match &self.db {
+            Db::Postgres(pg) => pg.renew_leases().await.map(Some),
+            Db::Sqlite { .. } => Ok(None),
+        }
+    }
+
+    /// Running deploys whose daemon stopped renewing its lease become `interrupted`; returns each with the
+    /// `Holder:` line of the Kamal lock its daemon took.
+    pub async fn expire_leases(&self, error: &str) -> Result<Vec<(Deploy, Option<String>)>, StoreError> {
+        match &self.db {
+            Db::Postgres(pg) => pg.expire_leases(error).await,
+            Db::Sqlite { .. } => Ok(Vec::new()),
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------------------
     // Log lines
+
+    /// Appends a line after a deploy's last one, whatever its state (the daemon's own notes: a lock released
+    /// at restart, a lease found expired).
+    pub async fn append_note(&self, id: i64, line: &str) -> Result<(), StoreError> {
+        if let Db::Postgres(pg) = &self.db {
+            return pg.append_note(id, line).await;
+        }
+        sqlx::query(
+            "INSERT INTO deploy_log_lines (deploy_id, seq, at, line) \
+             SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3 FROM deploy_log_lines WHERE deploy_id = ?1",
+        )
+        .bind(id)
+        .bind(now())
+        .bind(line)
+        .execute(self.writer())
+        .await
+        .map_err(sql("note a line"))?;
+        Ok(())
+    }
 
     /// Stores log lines (already redacted) with their sequence numbers, in one transaction.
     pub async fn append_lines(&self, id: i64, lines: &[(i64, String)]) -> Result<(), StoreError> {
@@ -990,7 +1032,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sqlite = Store::open(&dir.path().join("berth.sqlite")).await.unwrap();
         let url = test_database().await;
-        let postgres = Store::connect(&url).await.unwrap();
+        let postgres = Store::connect(&url, "test", "Holder: berth pid=1 host=test boot=x").await.unwrap();
         vec![
             TestStore { store: sqlite, reopen: Reopen::Sqlite(dir) },
             TestStore { store: postgres, reopen: Reopen::Postgres(url) },
@@ -1013,7 +1055,9 @@ mod tests {
             self.store.close().await;
             match &self.reopen {
                 Reopen::Sqlite(dir) => Store::open(&dir.path().join("berth.sqlite")).await.unwrap(),
-                Reopen::Postgres(url) => Store::connect(url).await.unwrap(),
+                Reopen::Postgres(url) => {
+                    Store::connect(url, "test", "Holder: berth pid=1 host=test boot=x").await.unwrap()
+                }
             }
         }
 

@@ -154,6 +154,22 @@ impl Engine {
         Ok(Some(host))
     }
 
+    /// Releases the service's deploy lock if the process named by `holder` (its `Holder:` line) holds it:
+    /// that process is known gone (its daemon's lease expired), wherever it ran. Any other lock is left as it
+    /// is. Returns the host it was on.
+    pub async fn release_lock_held_by(&self, holder: &str) -> Result<Option<String>, EngineError> {
+        let Some(host) = self.selection.primary_host.clone() else { return Ok(None) };
+        let Some(current) = self.lock_details(&host).await? else { return Ok(None) };
+        let (Some(held_by), Some(named)) = (Holder::parse(&current), Holder::parse(holder)) else { return Ok(None) };
+        if (held_by.pid, &held_by.host, &held_by.boot_id) != (named.pid, &named.host, &named.boot_id) {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        self.remote().run(&host, &lock::release(&self.config)).await?;
+        self.remote().report(&host, "Cleared the deploy lock of a berth daemon whose lease expired", started, true);
+        Ok(Some(host))
+    }
+
     /// The decoded details of the lock on `host`, or None when there is no lock.
     pub async fn lock_details(&self, host: &str) -> Result<Option<String>, EngineError> {
         let output = self.remote().run_unchecked(host, &lock::status(&self.config)).await?;

@@ -178,7 +178,7 @@ const REGISTRY_PASSWORD: &str = "hunter2-berth-test-secret";
 
 /// A git repository with a Kamal configuration whose only host cannot be reached, and the service's secrets
 /// directory beside it (`secrets/app/secrets`), as the daemon's configuration names it.
-fn make_repository(dir: &Path) {
+pub(crate) fn make_repository(dir: &Path) {
     std::fs::create_dir_all(dir.join("config")).unwrap();
     std::fs::write(
         dir.join("config/deploy.yml"),

@@ -144,3 +144,153 @@ async fn two_daemons_on_one_postgresql_share_the_queue_and_run_each_deploy_once(
     let deploy = tokio::time::timeout(Duration::from_secs(60), wait_for_end(&b, id, token)).await.unwrap();
     assert_eq!(deploy["runner"], "deploy-b");
 }
+
+/// A `berth serve` process (killed on drop, by its PID).
+struct Process {
+    child: std::process::Child,
+}
+
+impl Process {
+    fn start(dir: &std::path::Path, config: &str) -> Process {
+        let port: u16 = std::fs::read_to_string(dir.join(config))
+            .unwrap()
+            .lines()
+            .find_map(|line| line.strip_prefix("listen: 127.0.0.1:"))
+            .and_then(|port| port.parse().ok())
+            .unwrap();
+        let log = std::fs::File::create(dir.join(format!("{port}.log"))).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["serve", "--config", config])
+            .current_dir(dir)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let process = Process { child };
+        crate::support::bench::Bench::wait_for("the daemon to answer", Duration::from_secs(30), || {
+            crate::support::http::get(&format!("127.0.0.1:{port}"), "/healthz").ok().filter(|a| a.status == 200)
+        });
+        process
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill").args([signal, &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn curl(port: u16, token: &str, method: &str, path: &str, body: Option<&str>) -> serde_json::Value {
+    let mut args =
+        vec!["-sS".to_string(), "-X".into(), method.into(), "-H".into(), format!("Authorization: Bearer {token}")];
+    if let Some(body) = body {
+        args.extend(["-H".into(), "Content-Type: application/json".into(), "--data".into(), body.into()]);
+    }
+    args.push(format!("http://127.0.0.1:{port}{path}"));
+    let out = std::process::Command::new("curl").args(&args).output().unwrap();
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&out.stdout).into()))
+}
+
+fn log_lines(port: u16, token: &str, id: i64) -> Vec<String> {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            &format!("http://127.0.0.1:{port}/deploys/{id}/logs"),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_daemon_loses_its_deploy_within_seconds_and_writes_nothing_when_it_wakes() {
+    let url = new_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    crate::daemon::make_repository(&dir.path().join("app"));
+    // A deploy that prints a line every 250 ms for 15 s before it goes anywhere.
+    let repo = dir.path().join("app");
+    std::fs::create_dir_all(repo.join(".kamal/hooks")).unwrap();
+    std::fs::write(
+        repo.join(".kamal/hooks/pre-connect"),
+        "#!/bin/sh\ni=1\nwhile [ $i -le 60 ]; do echo slow-line $i; i=$((i + 1)); sleep 0.25; done\n",
+    )
+    .unwrap();
+    std::process::Command::new("chmod").args(["+x", ".kamal/hooks/pre-connect"]).current_dir(&repo).status().unwrap();
+    for args in
+        [&["add", "."][..], &["-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "hook"][..]]
+    {
+        assert!(std::process::Command::new("git").args(args).current_dir(&repo).status().unwrap().success());
+    }
+    let free_port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (port_a, port_b) = (free_port(), free_port());
+    for (name, port) in [("a", port_a), ("b", port_b)] {
+        std::fs::write(
+            dir.path().join(format!("{name}.yml")),
+            format!(
+                "listen: 127.0.0.1:{port}\ndata_dir: data-{name}\ndatabase_url: {url}\ninstance: deploy-{name}\n\
+                 services:\n  app:\n    repo: app\n    secrets: secrets/app\n    queue: fifo\n"
+            ),
+        )
+        .unwrap();
+    }
+    let a = Process::start(dir.path(), "a.yml");
+    let created = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["token", "create", "--scope", "deploy", "--config", "a.yml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let token = String::from_utf8(created.stdout).unwrap().trim().to_string();
+    let id = curl(port_a, &token, "POST", "/deploys", Some(r#"{"service":"app"}"#))["id"].as_i64().unwrap();
+    crate::support::bench::Bench::wait_for("the deploy to print on deploy-a", Duration::from_secs(30), || {
+        log_lines(port_a, &token, id).iter().any(|line| line.contains("slow-line 3")).then_some(())
+    });
+    let b = Process::start(dir.path(), "b.yml");
+
+    // Frozen: deploy-a renews nothing; deploy-b takes its deploy over.
+    a.signal("-STOP");
+    let frozen = std::time::Instant::now();
+    let deploy =
+        crate::support::bench::Bench::wait_for("deploy-b to interrupt the deploy", Duration::from_secs(40), || {
+            let deploy = curl(port_b, &token, "GET", &format!("/deploys/{id}"), None);
+            (deploy["state"] == "interrupted").then_some(deploy)
+        });
+    let took = frozen.elapsed();
+    eprintln!("the frozen daemon's deploy was interrupted {took:?} after the freeze");
+    assert!(
+        took <= Duration::from_secs(21),
+        "interrupted {took:?} after the daemon froze (lease 15 s, checked every 5 s)"
+    );
+    assert_eq!(deploy["runner"], "deploy-a");
+    assert!(deploy["error"].as_str().unwrap().contains("stopped renewing its lease"), "{deploy:#}");
+    let note = crate::support::bench::Bench::wait_for("deploy-b's note in the log", Duration::from_secs(30), || {
+        let lines = log_lines(port_b, &token, id);
+        lines.iter().any(|line| line.starts_with("deploy-b: deploy-a stopped renewing its lease")).then_some(lines)
+    });
+
+    // Thawed: deploy-a's deploy goes on printing for a while, but nothing of it reaches the store.
+    a.signal("-CONT");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = log_lines(port_b, &token, id);
+    assert_eq!(after, note, "the stale owner wrote nothing");
+    let again = curl(port_b, &token, "GET", &format!("/deploys/{id}"), None);
+    assert_eq!(
+        (again["state"].as_str(), again["ended_at"].as_str()),
+        (Some("interrupted"), deploy["ended_at"].as_str())
+    );
+
+    // The queue goes on: the next deploy runs (on either daemon) and gets past its hook.
+    let next = curl(port_b, &token, "POST", "/deploys", Some(r#"{"service":"app"}"#))["id"].as_i64().unwrap();
+    crate::support::bench::Bench::wait_for("the next deploy to run", Duration::from_secs(60), || {
+        log_lines(port_b, &token, next).iter().any(|line| line.contains("slow-line 2")).then_some(())
+    });
+    drop((a, b));
+}

@@ -26,15 +26,31 @@ fn audited(sql: String) -> sqlx::AssertSqlSafe<String> {
     sqlx::AssertSqlSafe(sql)
 }
 
+/// How long a claim holds without renewal: a daemon that stops renewing (dead, frozen, cut off) loses its
+/// running deploys to `interrupted` this long after its last renewal.
+pub const LEASE: std::time::Duration = std::time::Duration::from_secs(15);
+
 #[derive(Clone)]
 pub(super) struct PgStore {
     pool: PgPool,
+    /// This daemon (`instance`) and its process as a Kamal lock names it: what its claims record and its
+    /// writes to running deploys are fenced by.
+    instance: String,
+    holder: String,
 }
+
+fn lease_deadline() -> String {
+    crate::utc::millis_at(std::time::SystemTime::now() + LEASE)
+}
+
+/// Only while the deploy runs here: a daemon whose lease was taken (it was frozen or cut off, and another
+/// daemon marked the deploy `interrupted`) changes nothing when it wakes.
+const FENCE: &str = "EXISTS (SELECT 1 FROM deploys f WHERE f.id = $1 AND f.state = 'running' AND f.runner = $2)";
 
 impl PgStore {
     /// Connects (a pool of 16) and runs the migrations (PostgreSQL serializes concurrent runs with an
     /// advisory lock, so daemons starting together migrate once).
-    pub(super) async fn connect(url: &str) -> Result<PgStore, StoreError> {
+    pub(super) async fn connect(url: &str, instance: &str, holder: &str) -> Result<PgStore, StoreError> {
         let options: PgConnectOptions = url.parse().map_err(sql("parse the database URL"))?;
         let pool = PgPoolOptions::new()
             .max_connections(16)
@@ -43,7 +59,7 @@ impl PgStore {
             .await
             .map_err(sql("be reached"))?;
         MIGRATIONS.run(&pool).await?;
-        Ok(PgStore { pool })
+        Ok(PgStore { pool, instance: instance.to_string(), holder: holder.to_string() })
     }
 
     pub(super) async fn close(&self) {
@@ -183,12 +199,14 @@ impl PgStore {
     /// the unique index of running deploys: that is "not claimed", not an error.
     pub(super) async fn claim(&self, id: i64, runner: &str) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE deploys SET state = 'running', started_at = $1, runner = $2 \
-             WHERE id = $3 AND state = 'queued' AND NOT cancel_requested",
+            "UPDATE deploys SET state = 'running', started_at = $1, runner = $2, lease_expires_at = $4, \
+             holder = $5 WHERE id = $3 AND state = 'queued' AND NOT cancel_requested",
         )
         .bind(now())
         .bind(runner)
         .bind(id)
+        .bind(lease_deadline())
+        .bind(&self.holder)
         .execute(&self.pool)
         .await;
         match done {
@@ -206,27 +224,39 @@ impl PgStore {
     }
 
     pub(super) async fn set_resolved(&self, id: i64, version: &str, commit: Option<&str>) -> Result<(), StoreError> {
-        sqlx::query("UPDATE deploys SET version = $1, git_commit = COALESCE($2, git_commit) WHERE id = $3")
-            .bind(version)
-            .bind(commit)
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(sql("record the deploy's version"))?;
+        sqlx::query(
+            "UPDATE deploys SET version = $3, git_commit = COALESCE($4, git_commit) \
+             WHERE id = $1 AND state = 'running' AND runner = $2",
+        )
+        .bind(id)
+        .bind(&self.instance)
+        .bind(version)
+        .bind(commit)
+        .execute(&self.pool)
+        .await
+        .map_err(sql("record the deploy's version"))?;
         Ok(())
     }
 
     pub(super) async fn finish(&self, id: i64, state: DeployState, error: Option<&str>) -> Result<(), StoreError> {
         let now = now();
         let mut tx = self.pool.begin().await.map_err(sql("start a transaction"))?;
-        sqlx::query("UPDATE deploys SET state = $1, error = $2, ended_at = $3 WHERE id = $4 AND state = 'running'")
-            .bind(state.name())
-            .bind(error)
-            .bind(&now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(sql("end a deploy"))?;
+        let ended = sqlx::query(
+            "UPDATE deploys SET state = $3, error = $4, ended_at = $5 WHERE id = $1 AND state = 'running' \
+             AND runner = $2",
+        )
+        .bind(id)
+        .bind(&self.instance)
+        .bind(state.name())
+        .bind(error)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await
+        .map_err(sql("end a deploy"))?;
+        if ended.rows_affected() == 0 {
+            // Not running here (any more): nothing of it is this daemon's to change.
+            return tx.commit().await.map_err(sql("commit the deploy's end"));
+        }
         if state != DeployState::Succeeded {
             for table in ["deploy_stages", "deploy_stage_hosts"] {
                 sqlx::query(audited(format!(
@@ -260,6 +290,15 @@ impl PgStore {
         let started = (change == StageChange::Started).then_some(now.as_str());
         let ended = matches!(change, StageChange::Succeeded | StageChange::Failed).then_some(now.as_str());
         let mut tx = self.pool.begin().await.map_err(sql("start a transaction"))?;
+        let runs_here: bool = sqlx::query_scalar(audited(format!("SELECT {FENCE}")))
+            .bind(id)
+            .bind(&self.instance)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(sql("check the deploy runs here"))?;
+        if !runs_here {
+            return Ok(());
+        }
         match host {
             Some(host) => {
                 sqlx::query(
@@ -375,6 +414,62 @@ impl PgStore {
         Ok(rows.iter().map(deploy_from_row).collect())
     }
 
+    /// Extends the leases of the deploys this daemon runs; returns the ids it still holds.
+    pub(super) async fn renew_leases(&self) -> Result<Vec<i64>, StoreError> {
+        sqlx::query_scalar(
+            "UPDATE deploys SET lease_expires_at = $1 WHERE state = 'running' AND runner = $2 RETURNING id",
+        )
+        .bind(lease_deadline())
+        .bind(&self.instance)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(sql("renew leases"))
+    }
+
+    /// Running deploys whose lease expired (their daemon stopped renewing) become `interrupted`; returns them
+    /// with the lock holder each recorded. Each is taken by exactly one daemon (the update is atomic).
+    pub(super) async fn expire_leases(&self, error: &str) -> Result<Vec<(Deploy, Option<String>)>, StoreError> {
+        let now = now();
+        let mut tx = self.pool.begin().await.map_err(sql("start a transaction"))?;
+        let rows = sqlx::query(audited(format!(
+            "UPDATE deploys SET state = 'interrupted', ended_at = $1, error = $2 \
+             WHERE state = 'running' AND lease_expires_at < $1 RETURNING {DEPLOY_COLUMNS}, holder"
+        )))
+        .bind(&now)
+        .bind(error)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(sql("expire leases"))?;
+        let ids: Vec<i64> = rows.iter().map(|row| row.get("id")).collect();
+        for table in ["deploy_stages", "deploy_stage_hosts"] {
+            sqlx::query(audited(format!(
+                "UPDATE {table} SET state = 'failed', ended_at = $1 WHERE state = 'running' AND deploy_id = ANY($2)"
+            )))
+            .bind(&now)
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await
+            .map_err(sql("end interrupted stages"))?;
+        }
+        tx.commit().await.map_err(sql("commit expired leases"))?;
+        Ok(rows.iter().map(|row| (deploy_from_row(row), row.get("holder"))).collect())
+    }
+
+    /// Appends a line after a deploy's last one, whatever its state (the daemon's own notes).
+    pub(super) async fn append_note(&self, id: i64, line: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO deploy_log_lines (deploy_id, seq, at, line) \
+             SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3 FROM deploy_log_lines WHERE deploy_id = $1",
+        )
+        .bind(id)
+        .bind(now())
+        .bind(line)
+        .execute(&self.pool)
+        .await
+        .map_err(sql("note a line"))?;
+        Ok(())
+    }
+
     // -----------------------------------------------------------------------------------------------------
     // Log lines
 
@@ -382,11 +477,12 @@ impl PgStore {
         let now = now();
         let seqs: Vec<i64> = lines.iter().map(|(seq, _)| *seq).collect();
         let texts: Vec<&str> = lines.iter().map(|(_, line)| line.as_str()).collect();
-        sqlx::query(
+        sqlx::query(audited(format!(
             "INSERT INTO deploy_log_lines (deploy_id, seq, at, line) \
-             SELECT $1, seq, $2, line FROM UNNEST($3::BIGINT[], $4::TEXT[]) AS l (seq, line)",
-        )
+             SELECT $1, seq, $3, line FROM UNNEST($4::BIGINT[], $5::TEXT[]) AS l (seq, line) WHERE {FENCE}"
+        )))
         .bind(id)
+        .bind(&self.instance)
         .bind(&now)
         .bind(&seqs)
         .bind(&texts)
