@@ -6,6 +6,7 @@
 //! Loading reads files and runs the commands the user's own ERB asks for, and nothing else: no network, no SSH.
 
 mod erb;
+pub mod psych_scalar;
 pub mod kamal_summary;
 pub mod model;
 pub mod resolved_view;

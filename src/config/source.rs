@@ -6,10 +6,12 @@
 
 use std::path::{Path, PathBuf};
 
+use yaml_serde::value::{Tag, TaggedValue};
 use yaml_serde::{Mapping, Value};
 
 use crate::config::ConfigError;
 use crate::config::erb;
+use crate::config::psych_scalar::{self, Plain};
 use crate::environment::Environment;
 
 /// Where the configuration comes from: the base file and, with `-d DEST`, its destination file.
@@ -65,13 +67,29 @@ fn load_file(file: &Path, env: &Environment) -> Result<(Mapping, Environment), C
 
 /// Parses one rendered file. An empty file is an empty mapping; anything but a mapping at the top is an error.
 pub fn parse_yaml(text: &str, file: &Path) -> Result<Mapping, ConfigError> {
-    let LenientValue(mut value) = yaml_serde::from_str(text).map_err(|err| yaml_error(file, &err))?;
+    let mut value = parse_psych(text).map_err(|err| yaml_error(file, &err))?;
     value.apply_merge().map_err(|err| yaml_error(file, &err))?;
     match value {
         Value::Mapping(mapping) => Ok(mapping),
         Value::Null => Ok(Mapping::new()),
         other => Err(ConfigError::NotAMapping { path: file.to_path_buf(), found: describe(&other).to_string() }),
     }
+}
+
+/// One YAML document as Psych loads it (before `<<` merges): plain scalars resolved by YAML 1.1 rules.
+///
+/// `yaml_serde` resolves plain scalars by YAML 1.2's core schema and does not say which scalars were plain, so
+/// the text is read twice with the same parser (libyaml, as Psych's): first for the shape of the tree, then,
+/// guided by that shape, for every scalar's text as written. A scalar whose text is borrowed from the input
+/// tells its style by the byte before it (a quote or not); a plain scalar is then resolved like Psych
+/// ([`psych_scalar::resolve`]). Quoted, block (`|`, `>`) and explicitly tagged scalars keep their first reading.
+pub fn parse_psych(text: &str) -> Result<Value, yaml_serde::Error> {
+    let Shape(shape) = yaml_serde::from_str(text)?;
+    if !matches!(shape, Node::Map(_) | Node::Seq(_) | Node::Scalar(_)) || matches!(shape, Node::Scalar(Value::Null)) {
+        // An empty document (or a top-level tagged node) has no scalars to read again.
+        return Ok(shape.into_value());
+    }
+    serde::de::DeserializeSeed::deserialize(Guided { node: &shape, input: text }, yaml_serde::Deserializer::from_str(text))
 }
 
 fn yaml_error(file: &Path, err: &yaml_serde::Error) -> ConfigError {
@@ -92,83 +110,281 @@ fn strip_location(message: &str) -> String {
     }
 }
 
-/// A YAML value parsed the way Ruby's Psych parses it: a key repeated in one mapping is not an error, the
-/// later value replaces the earlier one in the earlier one's place (real configs do repeat keys).
-struct LenientValue(Value);
+/// The first reading of a document: its shape, every node in order (a repeated key is kept here, so the
+/// second reading walks the same events), scalars as `yaml_serde` resolved them.
+enum Node {
+    Scalar(Value),
+    Seq(Vec<Node>),
+    Map(Vec<(Node, Node)>),
+    /// A node under a local tag (`!ruby/symbol x`): the tag is dropped and the value kept as first read.
+    Tagged(Value),
+}
 
-impl<'de> serde::Deserialize<'de> for LenientValue {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<LenientValue, D::Error> {
-        deserializer.deserialize_any(LenientVisitor).map(LenientValue)
+impl Node {
+    /// The first reading alone, for nodes the second reading skips.
+    fn into_value(self) -> Value {
+        match self {
+            Node::Scalar(value) | Node::Tagged(value) => value,
+            Node::Seq(items) => Value::Sequence(items.into_iter().map(Node::into_value).collect()),
+            Node::Map(entries) => {
+                let mut mapping = Mapping::new();
+                for (key, value) in entries {
+                    mapping.insert(key.into_value(), value.into_value());
+                }
+                Value::Mapping(mapping)
+            }
+        }
     }
 }
 
-struct LenientVisitor;
+struct Shape(Node);
 
-impl<'de> serde::de::Visitor<'de> for LenientVisitor {
-    type Value = Value;
+impl<'de> serde::Deserialize<'de> for Shape {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Shape, D::Error> {
+        deserializer.deserialize_any(ShapeVisitor).map(Shape)
+    }
+}
+
+struct ShapeVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ShapeVisitor {
+    type Value = Node;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("any YAML value")
     }
 
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
+    fn visit_bool<E>(self, v: bool) -> Result<Node, E> {
+        Ok(Node::Scalar(Value::Bool(v)))
     }
 
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::Number(v.into()))
+    fn visit_i64<E>(self, v: i64) -> Result<Node, E> {
+        Ok(Node::Scalar(Value::Number(v.into())))
     }
 
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::Number(v.into()))
+    fn visit_u64<E>(self, v: u64) -> Result<Node, E> {
+        Ok(Node::Scalar(Value::Number(v.into())))
     }
 
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(Value::Number(v.into()))
+    fn visit_i128<E>(self, v: i128) -> Result<Node, E> {
+        Ok(Node::Scalar(Value::String(v.to_string())))
     }
 
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_string()))
+    fn visit_u128<E>(self, v: u128) -> Result<Node, E> {
+        Ok(Node::Scalar(Value::String(v.to_string())))
     }
 
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
+    fn visit_f64<E>(self, v: f64) -> Result<Node, E> {
+        Ok(Node::Scalar(Value::Number(v.into())))
     }
 
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
+    fn visit_str<E>(self, v: &str) -> Result<Node, E> {
+        Ok(Node::Scalar(Value::String(v.to_string())))
     }
 
-    fn visit_none<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
+    fn visit_unit<E>(self) -> Result<Node, E> {
+        Ok(Node::Scalar(Value::Null))
     }
 
-    fn visit_some<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
-        deserializer.deserialize_any(LenientVisitor)
+    fn visit_none<E>(self) -> Result<Node, E> {
+        Ok(Node::Scalar(Value::Null))
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Node, D::Error> {
+        deserializer.deserialize_any(ShapeVisitor)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Shape(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Node::Seq(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+        let mut entries = Vec::new();
+        while let Some((Shape(key), Shape(value))) = map.next_entry()? {
+            entries.push((key, value));
+        }
+        Ok(Node::Map(entries))
+    }
+
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<Node, A::Error> {
+        // A `!tag value` (e.g. `!ruby/symbol`): keep the value, drop the tag, as Kamal sees plain data.
+        use serde::de::VariantAccess;
+        let (_tag, variant): (String, A::Variant) = data.variant()?;
+        variant.newtype_variant::<Shape>().map(|Shape(node)| Node::Tagged(node.into_value()))
+    }
+}
+
+/// The second reading of a node, guided by its first: containers by their children, scalars by their text.
+#[derive(Clone, Copy)]
+struct Guided<'a, 'de> {
+    node: &'a Node,
+    input: &'de str,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Guided<'_, 'de> {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        match self.node {
+            Node::Scalar(first) => deserializer.deserialize_str(ScalarText { first, input: self.input }),
+            Node::Seq(items) => deserializer.deserialize_seq(GuidedSeq { items, input: self.input }),
+            Node::Map(entries) => deserializer.deserialize_map(GuidedMap { entries, input: self.input }),
+            Node::Tagged(value) => {
+                deserializer.deserialize_ignored_any(serde::de::IgnoredAny)?;
+                Ok(value.clone())
+            }
+        }
+    }
+}
+
+struct GuidedSeq<'a, 'de> {
+    items: &'a [Node],
+    input: &'de str,
+}
+
+impl<'de> serde::de::Visitor<'de> for GuidedSeq<'_, 'de> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the sequence read before")
     }
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::new();
-        while let Some(LenientValue(item)) = seq.next_element()? {
-            items.push(item);
+        let mut items = Vec::with_capacity(self.items.len());
+        for node in self.items {
+            match seq.next_element_seed(Guided { node, input: self.input })? {
+                Some(item) => items.push(item),
+                None => return Err(serde::de::Error::custom("the YAML changed between two readings")),
+            }
         }
         Ok(Value::Sequence(items))
+    }
+}
+
+struct GuidedMap<'a, 'de> {
+    entries: &'a [(Node, Node)],
+    input: &'de str,
+}
+
+impl<'de> serde::de::Visitor<'de> for GuidedMap<'_, 'de> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the mapping read before")
     }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut mapping = Mapping::new();
-        while let Some((LenientValue(key), LenientValue(value))) = map.next_entry()? {
+        for (key, value) in self.entries {
+            let Some(key) = map.next_key_seed(Guided { node: key, input: self.input })? else {
+                return Err(serde::de::Error::custom("the YAML changed between two readings"));
+            };
+            let value = map.next_value_seed(Guided { node: value, input: self.input })?;
+            // As in Ruby: a repeated key (`on:` and `true:` are one key to Psych) keeps its first place and
+            // takes the later value.
             mapping.insert(key, value);
         }
         Ok(Value::Mapping(mapping))
     }
+}
 
-    fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<Value, A::Error> {
-        // A `!tag value` (e.g. `!ruby/symbol`): keep the value, drop the tag, as Kamal sees plain data.
-        use serde::de::VariantAccess;
-        let (_tag, variant): (String, A::Variant) = data.variant()?;
-        variant.newtype_variant::<LenientValue>().map(|LenientValue(v)| v)
+/// A scalar's text as written, and what the first reading made of it.
+struct ScalarText<'a, 'de> {
+    first: &'a Value,
+    input: &'de str,
+}
+
+impl<'de> ScalarText<'_, 'de> {
+    fn plain<E: serde::de::Error>(&self, text: &str) -> Result<Value, E> {
+        psych_scalar::resolve(text).map(psych_value).map_err(|raised| E::custom(format!("Psych cannot load {text:?}: {raised}")))
     }
+}
+
+impl<'de> serde::de::Visitor<'de> for ScalarText<'_, 'de> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the scalar read before")
+    }
+
+    fn visit_borrowed_str<E: serde::de::Error>(self, text: &'de str) -> Result<Value, E> {
+        if text.is_empty() {
+            // `key:` is an empty plain scalar (null, as the first reading says); `key: ""` a quoted one.
+            return Ok(self.first.clone());
+        }
+        let Some(at) = (text.as_ptr() as usize).checked_sub(self.input.as_ptr() as usize) else {
+            return self.visit_str(text);
+        };
+        let before = self.input.as_bytes()[..at.min(self.input.len())].last().copied();
+        let quoted = matches!(before, Some(b'"' | b'\''));
+        let start = if quoted { at - 1 } else { at };
+        if tagged(&self.input[..start]) {
+            Ok(self.first.clone())
+        } else if quoted {
+            Ok(Value::String(text.to_string()))
+        } else {
+            self.plain(text)
+        }
+    }
+
+    /// A scalar whose value is not its text as written: quoted with escapes or line breaks, a block scalar,
+    /// or a plain scalar folded over lines (kept a string: Psych would read a folded `2001-12-14\n 10:00:00`
+    /// as a time, which no configuration writes).
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Value, E> {
+        match self.first {
+            Value::String(_) => Ok(Value::String(text.to_string())),
+            _ => self.plain(text),
+        }
+    }
+}
+
+/// Whether the node that ends `before` carries an explicit tag (`!!str yes`, `&anchor !!str yes`): Psych does
+/// not resolve a tagged scalar by its text.
+fn tagged(before: &str) -> bool {
+    let mut rest = before.trim_end();
+    for _ in 0..2 {
+        let token_start = rest.rfind(char::is_whitespace).map_or(0, |i| i + 1);
+        let token = rest[token_start..].trim_start_matches(['[', '{', ',']);
+        if token.starts_with('!') {
+            return true;
+        }
+        if !token.starts_with('&') {
+            return false;
+        }
+        rest = rest[..token_start].trim_end();
+    }
+    false
+}
+
+/// How berth holds the Ruby values of plain scalars: `Symbol`s as their names (Kamal treats them as strings),
+/// integers beyond 64 bits as their digits, `Date` and `Time` as tagged values, which no key accepts where a
+/// string is expected (as Kamal's validator accepts neither).
+pub fn psych_value(plain: Plain) -> Value {
+    match plain {
+        Plain::Null => Value::Null,
+        Plain::Bool(b) => Value::Bool(b),
+        Plain::Int(digits) => match (digits.parse::<i64>(), digits.parse::<u64>()) {
+            (Ok(n), _) => Value::Number(n.into()),
+            (_, Ok(n)) => Value::Number(n.into()),
+            _ => Value::String(digits),
+        },
+        Plain::Float(f) => Value::Number(f.into()),
+        Plain::Str(s) | Plain::Symbol(s) => Value::String(s),
+        Plain::Date(text) => tagged_value(DATE_TAG, text),
+        Plain::Time(text) => tagged_value(TIME_TAG, text),
+    }
+}
+
+/// The tags berth gives Psych's `Date` and `Time` values; the value is Psych's own YAML text for them.
+pub const DATE_TAG: &str = "!ruby/object:Date";
+pub const TIME_TAG: &str = "!ruby/object:Time";
+
+fn tagged_value(tag: &str, text: String) -> Value {
+    Value::Tagged(Box::new(TaggedValue { tag: Tag::new(tag), value: Value::String(text) }))
 }
 
 /// ActiveSupport's `Hash#deep_merge!`: nested mappings merge recursively; any other value replaces.
@@ -193,6 +409,8 @@ pub fn describe(value: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Sequence(_) => "an array",
         Value::Mapping(_) => "a hash",
+        Value::Tagged(tagged) if tagged.tag == Tag::new(DATE_TAG) => "a date",
+        Value::Tagged(tagged) if tagged.tag == Tag::new(TIME_TAG) => "a time",
         Value::Tagged(_) => "a tagged value",
     }
 }
