@@ -460,3 +460,187 @@ mod tests {
         assert!(message.contains("line 3") || message.contains("line 2"), "{message}");
     }
 }
+
+/// berth's reading of YAML scalars against Ruby's own Psych, case by case (`tests/corpus/psych-scalars`).
+#[cfg(test)]
+mod psych_corpus {
+    use super::*;
+
+    /// One loaded value, described the same way on both sides: (kind, text).
+    type Described = (String, String);
+
+    const RUBY: &str = r##"
+require "yaml"
+require "json"
+require "date"
+def describe(v)
+  case v
+  when nil then ["null", ""]
+  when true, false then ["bool", v.to_s]
+  when Integer then ["int", v.to_s]
+  when Float then ["float", v.nan? ? "nan" : [v].pack("G").unpack1("H*")]
+  when String then ["string", v]
+  when Symbol then ["symbol", v.to_s]
+  when Date then ["date", v.strftime("%Y-%m-%d")]
+  when Time then ["time", v.strftime(v.utc? ? "%Y-%m-%d %H:%M:%S.%9N Z" : "%Y-%m-%d %H:%M:%S.%9N %:z")]
+  else ["other", v.inspect]
+  end
+end
+def load(document)
+  yield YAML.unsafe_load(document)
+rescue Exception
+  ["error", ""]
+end
+puts Psych::VERSION
+STDIN.read.split("\n", -1).each do |text|
+  value = load("k: #{text}\n") { |doc| describe(doc["k"]) }
+  key = load("#{text}: k\n") { |doc| describe(doc.keys.first) }
+  puts JSON.generate([value, key])
+end
+"##;
+
+    struct Case {
+        text: String,
+        /// Where Psych 4 and 5 differ: (psych 4's answer, psych 5's answer).
+        by_version: Option<(Described, Described)>,
+    }
+
+    fn cases() -> Vec<Case> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/psych-scalars/cases.txt");
+        let mut cases = vec![Case { text: String::new(), by_version: None }];
+        for line in std::fs::read_to_string(path).unwrap().lines() {
+            if line.is_empty() || line.starts_with("# ") {
+                continue;
+            }
+            let (text, note) = line.split_once('\t').unwrap_or((line, ""));
+            let by_version = note.split_once(" | ").map(|(four, five)| {
+                let answer = |s: &str, prefix: &str| -> Described {
+                    let s = s.strip_prefix(prefix).unwrap_or_else(|| panic!("{line:?}: expected {prefix}"));
+                    let (kind, text) = s.split_once(' ').unwrap_or((s, ""));
+                    (kind.to_string(), text.to_string())
+                };
+                (answer(four, "psych4: "), answer(five, "psych5: "))
+            });
+            cases.push(Case { text: text.to_string(), by_version });
+        }
+        cases
+    }
+
+    fn described(kind: &str, text: impl Into<String>) -> Described {
+        (kind.to_string(), text.into())
+    }
+
+    fn float_bits(f: f64) -> String {
+        if f.is_nan() { "nan".into() } else { format!("{:016x}", f.to_bits()) }
+    }
+
+    fn describe_value(value: &Value) -> Described {
+        match value {
+            Value::Null => described("null", ""),
+            Value::Bool(b) => described("bool", b.to_string()),
+            Value::Number(n) => match n.as_f64() {
+                Some(f) if n.is_f64() => described("float", float_bits(f)),
+                _ => described("int", n.to_string()),
+            },
+            Value::String(s) => described("string", s.clone()),
+            Value::Tagged(tagged) => {
+                let kind = if tagged.tag == Tag::new(DATE_TAG) { "date" } else { "time" };
+                described(kind, tagged.value.as_str().unwrap_or_default())
+            }
+            other => described("other", format!("{other:?}")),
+        }
+    }
+
+    fn describe_plain(plain: Result<Plain, psych_scalar::PsychRaises>) -> Described {
+        match plain {
+            Err(_) => described("error", ""),
+            Ok(Plain::Null) => described("null", ""),
+            Ok(Plain::Bool(b)) => described("bool", b.to_string()),
+            Ok(Plain::Int(digits)) => described("int", digits),
+            Ok(Plain::Float(f)) => described("float", float_bits(f)),
+            Ok(Plain::Str(s)) => described("string", s),
+            Ok(Plain::Symbol(s)) => described("symbol", s),
+            Ok(Plain::Date(s)) => described("date", s),
+            Ok(Plain::Time(s)) => described("time", s),
+        }
+    }
+
+    /// What berth's tree holds for a Ruby value: symbols by name, integers beyond 64 bits by their digits.
+    fn as_berth_holds_it((kind, text): Described) -> Described {
+        let wide = kind == "int" && text.parse::<i64>().is_err() && text.parse::<u64>().is_err();
+        if kind == "symbol" || wide { described("string", text) } else { (kind, text) }
+    }
+
+    fn berth(document: &str, key: bool) -> Described {
+        match parse_psych(document) {
+            Ok(Value::Mapping(mapping)) => match mapping.iter().next() {
+                Some((k, v)) => describe_value(if key { k } else { v }),
+                None => described("other", "{}"),
+            },
+            Ok(other) => described("other", format!("{other:?}")),
+            Err(_) => described("error", ""),
+        }
+    }
+
+    fn ruby(cases: &[Case]) -> (String, Vec<(Described, Described)>) {
+        use std::io::Write;
+        let mut child = std::process::Command::new("ruby")
+            .args(["-e", RUBY])
+            .env("TZ", "UTC")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|err| {
+                panic!("this test needs `ruby` on PATH (it checks berth against Ruby's Psych): {err}; install it, e.g. `apt-get install -y ruby`")
+            });
+        let input: Vec<&str> = cases.iter().map(|c| c.text.as_str()).collect();
+        child.stdin.take().unwrap().write_all(input.join("\n").as_bytes()).unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "ruby failed");
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        let mut lines = stdout.lines();
+        let version = lines.next().unwrap().to_string();
+        let answers: Vec<(Described, Described)> = lines.map(|line| serde_json::from_str(line).unwrap()).collect();
+        assert_eq!(answers.len(), cases.len(), "one answer per case");
+        (version, answers)
+    }
+
+    #[test]
+    fn berth_reads_every_scalar_as_ruby_psych_does() {
+        let cases = cases();
+        let (version, answers) = ruby(&cases);
+        let psych5 = !version.starts_with('4');
+        let mut failures = Vec::new();
+        for (case, (ruby_value, ruby_key)) in cases.iter().zip(answers) {
+            let text = &case.text;
+            let plain = !text.starts_with(['\'', '"', '!', '&']);
+            // What Psych 5 answers for a plain scalar, and whether this Ruby answered it.
+            let (expected, ruby_agrees) = match &case.by_version {
+                Some((four, five)) => (five.clone(), ruby_value == if psych5 { five.clone() } else { four.clone() }),
+                None => (ruby_value.clone(), true),
+            };
+            if !ruby_agrees {
+                failures.push(format!("{text:?}: Ruby's Psych {version} answered {ruby_value:?}, not as noted"));
+            }
+            if plain {
+                let resolved = describe_plain(psych_scalar::resolve(text));
+                if resolved != expected {
+                    failures.push(format!("{text:?} resolved: berth {resolved:?}, Psych {expected:?}"));
+                }
+            }
+            let in_tree = as_berth_holds_it(expected);
+            let value = berth(&format!("k: {text}\n"), false);
+            if value != in_tree {
+                failures.push(format!("k: {text}\n  berth {value:?}\n  Psych {in_tree:?}"));
+            }
+            if case.by_version.is_none() {
+                let key = berth(&format!("{text}: k\n"), true);
+                if key != as_berth_holds_it(ruby_key.clone()) {
+                    failures.push(format!("{text}: k\n  berth {key:?}\n  Psych {ruby_key:?}"));
+                }
+            }
+        }
+        assert!(cases.len() > 150, "the corpus has only {} cases", cases.len());
+        assert!(failures.is_empty(), "{} of {} cases differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    }
+}
