@@ -6,9 +6,9 @@
 //! Loading reads files and runs the commands the user's own ERB asks for, and nothing else: no network, no SSH.
 
 mod erb;
-pub mod psych_scalar;
 pub mod kamal_summary;
 pub mod model;
+pub mod psych_scalar;
 pub mod resolved_view;
 pub mod schema;
 pub mod source;

@@ -366,7 +366,8 @@ fn sexagesimal(text: &str) -> Option<Sexagesimal<'_>> {
         return None;
     }
     let head = parts[0].strip_prefix(['-', '+']).unwrap_or(parts[0]);
-    let head_ok = head.starts_with(|c: char| c.is_ascii_digit()) && head.bytes().all(|b| b.is_ascii_digit() || b == b'_');
+    let head_ok =
+        head.starts_with(|c: char| c.is_ascii_digit()) && head.bytes().all(|b| b.is_ascii_digit() || b == b'_');
     let last = parts[parts.len() - 1];
     let (last_digits, fraction) = match last.find('.') {
         Some(dot) => (&last[..dot], Some(&last[dot + 1..])),
@@ -384,7 +385,8 @@ fn sexagesimal(text: &str) -> Option<Sexagesimal<'_>> {
 
 /// `i += n.to_i * 60 ** (e - 2).abs` over the parts: with two parts the first counts as hours.
 fn base60_int(parts: &[&str]) -> String {
-    let total: i128 = parts.iter().enumerate().map(|(e, n)| ruby_to_i(n) * 60_i128.pow((e as i32 - 2).unsigned_abs())).sum();
+    let total: i128 =
+        parts.iter().enumerate().map(|(e, n)| ruby_to_i(n) * 60_i128.pow((e as i32 - 2).unsigned_abs())).sum();
     total.to_string()
 }
 

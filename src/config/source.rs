@@ -89,7 +89,10 @@ pub fn parse_psych(text: &str) -> Result<Value, yaml_serde::Error> {
         // An empty document (or a top-level tagged node) has no scalars to read again.
         return Ok(shape.into_value());
     }
-    serde::de::DeserializeSeed::deserialize(Guided { node: &shape, input: text }, yaml_serde::Deserializer::from_str(text))
+    serde::de::DeserializeSeed::deserialize(
+        Guided { node: &shape, input: text },
+        yaml_serde::Deserializer::from_str(text),
+    )
 }
 
 fn yaml_error(file: &Path, err: &yaml_serde::Error) -> ConfigError {
@@ -300,7 +303,9 @@ struct ScalarText<'a, 'de> {
 
 impl<'de> ScalarText<'_, 'de> {
     fn plain<E: serde::de::Error>(&self, text: &str) -> Result<Value, E> {
-        psych_scalar::resolve(text).map(psych_value).map_err(|raised| E::custom(format!("Psych cannot load {text:?}: {raised}")))
+        psych_scalar::resolve(text)
+            .map(psych_value)
+            .map_err(|raised| E::custom(format!("Psych cannot load {text:?}: {raised}")))
     }
 }
 
@@ -382,6 +387,24 @@ pub fn psych_value(plain: Plain) -> Value {
 /// The tags berth gives Psych's `Date` and `Time` values; the value is Psych's own YAML text for them.
 pub const DATE_TAG: &str = "!ruby/object:Date";
 pub const TIME_TAG: &str = "!ruby/object:Time";
+
+/// Ruby's `to_s` of a `Date` or `Time` berth holds (`2001-12-14`, `2001-12-14 21:59:43 -0500`, `… UTC`): what
+/// Kamal interpolates where one ends up in a string. `None` for any other value.
+pub fn date_or_time_to_s(value: &Value) -> Option<String> {
+    let Value::Tagged(tagged) = value else { return None };
+    let text = tagged.value.as_str()?;
+    if tagged.tag == Tag::new(DATE_TAG) {
+        return Some(text.to_string());
+    }
+    if tagged.tag != Tag::new(TIME_TAG) {
+        return None;
+    }
+    let mut parts = text.split(' ');
+    let (date, clock, zone) = (parts.next()?, parts.next()?, parts.next()?);
+    let seconds = clock.split('.').next()?;
+    let zone = if zone == "Z" { "UTC".to_string() } else { zone.replace(':', "") };
+    Some(format!("{date} {seconds} {zone}"))
+}
 
 fn tagged_value(tag: &str, text: String) -> Value {
     Value::Tagged(Box::new(TaggedValue { tag: Tag::new(tag), value: Value::String(text) }))
