@@ -481,7 +481,7 @@ fn legacy_integer(text: &str) -> Option<String> {
     let separators = |b: u8| b == b'_' || b == b',';
     // `0b[_,]*[0-1][0-1_,]*`, `0x[_,]*[0-9a-fA-F][0-9a-fA-F_,]*`, `0[_,]*[0-7][0-7_,]*`: at least one digit.
     let prefixed = |body: &str, digit: fn(u8) -> bool| {
-        let body = body.trim_start_matches(|c| c == '_' || c == ',');
+        let body = body.trim_start_matches(['_', ',']);
         body.starts_with(|c: char| c.is_ascii() && digit(c as u8)) && body.bytes().all(|b| digit(b) || separators(b))
     };
     let (radix, digits) = if let Some(body) = unsigned.strip_prefix("0b") {
