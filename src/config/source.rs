@@ -321,10 +321,11 @@ impl<'de> serde::de::Visitor<'de> for ScalarText<'_, 'de> {
             // `key:` is an empty plain scalar (null, as the first reading says); `key: ""` a quoted one.
             return Ok(self.first.clone());
         }
-        let Some(at) = (text.as_ptr() as usize).checked_sub(self.input.as_ptr() as usize) else {
+        let at = (text.as_ptr() as usize).checked_sub(self.input.as_ptr() as usize);
+        let Some(at) = at.filter(|at| at + text.len() <= self.input.len()) else {
             return self.visit_str(text);
         };
-        let before = self.input.as_bytes()[..at.min(self.input.len())].last().copied();
+        let before = self.input.as_bytes()[..at].last().copied();
         let quoted = matches!(before, Some(b'"' | b'\''));
         let start = if quoted { at - 1 } else { at };
         if tagged(&self.input[..start]) {
@@ -354,8 +355,10 @@ fn tagged(before: &str) -> bool {
     for _ in 0..2 {
         let token_start = rest.rfind(char::is_whitespace).map_or(0, |i| i + 1);
         let token = rest[token_start..].trim_start_matches(['[', '{', ',']);
+        let line = &rest[rest[..token_start].rfind('\n').map_or(0, |i| i + 1)..token_start];
+        let in_comment = line.trim_start().starts_with('#') || line.contains(" #") || line.contains("\t#");
         if token.starts_with('!') {
-            return true;
+            return !in_comment;
         }
         if !token.starts_with('&') {
             return false;
@@ -665,5 +668,58 @@ end
         }
         assert!(cases.len() > 150, "the corpus has only {} cases", cases.len());
         assert!(failures.is_empty(), "{} of {} cases differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    }
+}
+
+#[cfg(test)]
+mod psych_reading {
+    use super::*;
+
+    fn read(text: &str) -> Value {
+        parse_psych(text).unwrap()
+    }
+
+    #[test]
+    fn plain_scalars_are_read_by_yaml_1_1_quoted_ones_stay_strings() {
+        let tree = read(
+            "proxy: {ssl: yes}\na: 'yes'\nb: \"on\"\nc: |-\n  0755\nd: >-\n  no\ne: !!str off\nf: 0755\ng: [on, 'off', 1:30]\n",
+        );
+        assert_eq!(tree["proxy"]["ssl"], Value::Bool(true));
+        assert_eq!(tree["a"], Value::String("yes".into()));
+        assert_eq!(tree["b"], Value::String("on".into()));
+        assert_eq!(tree["c"], Value::String("0755".into()));
+        assert_eq!(tree["d"], Value::String("no".into()));
+        assert_eq!(tree["e"], Value::String("off".into()));
+        assert_eq!(tree["f"], Value::Number(493.into()));
+        assert_eq!(tree["g"], read("[true, 'off', 5400]"));
+    }
+
+    #[test]
+    fn keys_are_scalars_too_and_psych_s_equal_keys_collide() {
+        let tree = read("on: 1\nyes: 2\n'on': 3\n");
+        assert_eq!(tree.as_mapping().unwrap().len(), 2);
+        assert_eq!(tree[&Value::Bool(true)], Value::Number(2.into()));
+        assert_eq!(tree["on"], Value::Number(3.into()));
+    }
+
+    #[test]
+    fn text_before_a_scalar_does_not_change_its_reading() {
+        // Multi-byte characters and CRLF line ends shift byte offsets.
+        let tree = read("a: yes\r\n# café ☕\r\nb: 'é' # ü\r\nc: on\r\nd: [ö, off]\r\n");
+        assert_eq!(tree, read("a: true\nb: é\nc: true\nd: [ö, false]\n"));
+    }
+
+    #[test]
+    fn anchors_aliases_and_merges_keep_the_reading() {
+        let tree = read("x: &flag yes\ny: *flag\nbase: &base {ssl: on}\nproxy:\n  <<: *base\n  host: a\n");
+        let mut tree = tree;
+        tree.apply_merge().unwrap();
+        assert_eq!(tree["y"], Value::Bool(true));
+        assert_eq!(tree["proxy"]["ssl"], Value::Bool(true));
+    }
+
+    #[test]
+    fn a_tag_in_a_comment_is_no_tag() {
+        assert_eq!(read("# see !important\non: x\n")[&Value::Bool(true)], Value::String("x".into()));
     }
 }
