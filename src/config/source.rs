@@ -639,7 +639,9 @@ end
         let mut failures = Vec::new();
         for (case, (ruby_value, ruby_key)) in cases.iter().zip(answers) {
             let text = &case.text;
-            let plain = !text.starts_with(['\'', '"', '!', '&']);
+            // A plain scalar: no quote or property first, and YAML syntax at all (`@x` is not).
+            let syntax = yaml_serde::from_str::<Value>(&format!("k: {text}\n")).is_ok();
+            let plain = syntax && !text.starts_with(['\'', '"', '!', '&']);
             // What Psych 5 answers for a plain scalar, and whether this Ruby answered it.
             let (expected, ruby_agrees) = match &case.by_version {
                 Some((four, five)) => (five.clone(), ruby_value == if psych5 { five.clone() } else { four.clone() }),
