@@ -1,6 +1,7 @@
 //! Stage one of loading: files on disk -> one merged YAML tree, exactly as Kamal builds it.
 //!
-//! Each file is rendered with ERB, parsed as YAML (anchors, aliases and `<<` merge keys allowed), and the
+//! Each file is rendered with ERB, parsed as YAML the way Ruby's Psych parses it (anchors, aliases and `<<`
+//! merge keys allowed, plain scalars typed by YAML 1.1's rules: `yes` is true, `0755` is 493), and the
 //! destination file is deep-merged over the base file: maps merge key by key, everything else (arrays,
 //! scalars) is replaced, and no key is ever removed (ActiveSupport's `deep_merge!`).
 
@@ -85,7 +86,7 @@ pub fn parse_yaml(text: &str, file: &Path) -> Result<Mapping, ConfigError> {
 /// ([`psych_scalar::resolve`]). Quoted, block (`|`, `>`) and explicitly tagged scalars keep their first reading.
 pub fn parse_psych(text: &str) -> Result<Value, yaml_serde::Error> {
     let Shape(shape) = yaml_serde::from_str(text)?;
-    if !matches!(shape, Node::Map(_) | Node::Seq(_) | Node::Scalar(_)) || matches!(shape, Node::Scalar(Value::Null)) {
+    if matches!(shape, Node::Tagged(_) | Node::Scalar(Value::Null)) {
         // An empty document (or a top-level tagged node) has no scalars to read again.
         return Ok(shape.into_value());
     }
