@@ -109,7 +109,7 @@ const QUOTE_TAG: &str = "!berth-psych-quote";
 ///
 /// `yaml_serde` quotes by YAML 1.2's rules only, so such strings are first marked with a tag, then the tag is
 /// replaced by quotes in its output; the tags berth gives dates and times are dropped.
-fn to_psych_yaml(value: &Value) -> String {
+pub fn to_psych_yaml(value: &Value) -> String {
     let text = yaml_serde::to_string(&mark_misread_strings(value.clone())).unwrap_or_default();
     let mut out = String::with_capacity(text.len());
     let marker = format!("{QUOTE_TAG} ");
