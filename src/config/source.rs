@@ -120,7 +120,7 @@ enum Node {
     Scalar(Value),
     Seq(Vec<Node>),
     Map(Vec<(Node, Node)>),
-    /// A node under a local tag (`!ruby/symbol x`): the tag is dropped and the value kept as first read.
+    /// A scalar under a local tag (`!ruby/symbol x`): the tag is dropped and the value kept as first read.
     Tagged(Value),
 }
 
@@ -217,8 +217,12 @@ impl<'de> serde::de::Visitor<'de> for ShapeVisitor {
     fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<Node, A::Error> {
         // A `!tag value` (e.g. `!ruby/symbol`): keep the value, drop the tag, as Kamal sees plain data.
         use serde::de::VariantAccess;
+        // A tagged hash or array is read again like any other (Psych drops an unknown tag there too).
         let (_tag, variant): (String, A::Variant) = data.variant()?;
-        variant.newtype_variant::<Shape>().map(|Shape(node)| Node::Tagged(node.into_value()))
+        variant.newtype_variant::<Shape>().map(|Shape(node)| match node {
+            node @ (Node::Map(_) | Node::Seq(_)) => node,
+            node => Node::Tagged(node.into_value()),
+        })
     }
 }
 
@@ -719,6 +723,12 @@ mod psych_reading {
         tree.apply_merge().unwrap();
         assert_eq!(tree["y"], Value::Bool(true));
         assert_eq!(tree["proxy"]["ssl"], Value::Bool(true));
+    }
+
+    #[test]
+    fn tagged_hashes_and_arrays_are_read_like_untagged_ones() {
+        let tree = read("a: !foo {x: on}\nb: !foo [on, 0755]\nc: !ruby/symbol foo\nd: yes\n");
+        assert_eq!(tree, read("a: {x: true}\nb: [true, 493]\nc: foo\nd: true\n"));
     }
 
     #[test]
