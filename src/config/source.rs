@@ -241,10 +241,7 @@ impl<'de> serde::de::DeserializeSeed<'de> for Guided<'_, 'de> {
             Node::Scalar(first) => deserializer.deserialize_str(ScalarText { first, input: self.input }),
             Node::Seq(items) => deserializer.deserialize_seq(GuidedSeq { items, input: self.input }),
             Node::Map(entries) => deserializer.deserialize_map(GuidedMap { entries, input: self.input }),
-            Node::Tagged(value) => {
-                deserializer.deserialize_ignored_any(serde::de::IgnoredAny)?;
-                Ok(value.clone())
-            }
+            Node::Tagged(first) => deserializer.deserialize_any(TaggedScalar { first }),
         }
     }
 }
@@ -350,6 +347,45 @@ impl<'de> serde::de::Visitor<'de> for ScalarText<'_, 'de> {
             Value::String(_) => Ok(Value::String(text.to_string())),
             _ => self.plain(text),
         }
+    }
+}
+
+/// A scalar under a local tag, read as Psych's `ToRuby#deserialize` reads it: quoted or not, its text is
+/// resolved like a plain scalar's, except under `!str`/`!ruby/string` (a string), `!ruby/symbol` (a symbol,
+/// its text unresolved), `!float` (a float) and Ruby's other object tags (kept as first read).
+struct TaggedScalar<'a> {
+    first: &'a Value,
+}
+
+impl<'de> serde::de::Visitor<'de> for TaggedScalar<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the tagged scalar read before")
+    }
+
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<Value, A::Error> {
+        use serde::de::VariantAccess;
+        let (tag, variant): (String, A::Variant) = data.variant()?;
+        let text: String = variant.newtype_variant()?;
+        let name = |prefix: &str| tag == prefix || tag.starts_with(&format!("{prefix}:"));
+        let raised = |raised: psych_scalar::PsychRaises| {
+            serde::de::Error::custom(format!("Psych cannot load !{tag} {text:?}: {raised}"))
+        };
+        if name("str") || name("ruby/string") || tag.starts_with("ruby/sym") {
+            return Ok(Value::String(text));
+        }
+        if tag == "float" {
+            return match psych_scalar::resolve(&text).map_err(raised)? {
+                Plain::Int(digits) => Ok(Value::Number(digits.parse::<f64>().unwrap_or(f64::NAN).into())),
+                Plain::Float(f) => Ok(Value::Number(f.into())),
+                _ => Ok(self.first.clone()),
+            };
+        }
+        if tag == "binary" || tag.starts_with("ruby/") {
+            return Ok(self.first.clone());
+        }
+        psych_scalar::resolve(&text).map(psych_value).map_err(raised)
     }
 }
 
