@@ -84,7 +84,7 @@ pub fn parse_yaml(text: &str, file: &Path) -> Result<Mapping, ConfigError> {
 /// guided by that shape, for every scalar's text as written. A scalar whose text is borrowed from the input
 /// tells its style by the byte before it (a quote or not); a plain scalar is then resolved like Psych
 /// ([`psych_scalar::resolve`]). Quoted and block (`|`, `>`) scalars stay strings; a scalar under a local tag
-/// (`!foo yes`) is resolved as Psych does ([`TaggedScalar`]); one under a `!!` tag keeps `yaml_serde`'s reading,
+/// (`!foo yes`) is resolved as Psych does (`TaggedScalar`); one under a `!!` tag keeps `yaml_serde`'s reading,
 /// which refuses what YAML 1.2 cannot type (`!!int 0755`, `!!bool yes`, where Psych reads 493 and true).
 pub fn parse_psych(text: &str) -> Result<Value, yaml_serde::Error> {
     let Shape(shape) = yaml_serde::from_str(text)?;
