@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 # Real hosts for the end-to-end tests: sshd + dockerd per network namespace, a registry (see tests/bench/).
 bash tests/bench/install-deps.sh
-# Ruby: ERB tests compare berth's native evaluator with Ruby's own ERB, and exercise the ruby fallback.
+# Ruby: ERB tests compare berth's native evaluator with Ruby's own ERB, and exercise the ruby fallback; the Psych
+# corpus test compares berth's reading of YAML scalars with Ruby's Psych.
 if ! command -v ruby >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get install -y -qq ruby >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq ruby >/dev/null; }

@@ -225,7 +225,10 @@ pub fn run(cli: &Cli, env: &Environment, out: &mut dyn Write) -> anyhow::Result<
             }
             let text = match args.format {
                 ConfigFormat::Kamal => kamal_summary::render(&config),
-                ConfigFormat::Yaml => yaml_serde::to_string(&resolved_view::resolved(&config))?,
+                // Quoted where Psych would misread a string, so Kamal's own YAML reader sees the same values.
+                ConfigFormat::Yaml => {
+                    kamal_summary::to_psych_yaml(&yaml_serde::to_value(resolved_view::resolved(&config))?)
+                }
                 ConfigFormat::Json => serde_json::to_string_pretty(&resolved_view::resolved(&config))? + "\n",
             };
             out.write_all(text.as_bytes())?;

@@ -8,6 +8,7 @@
 mod erb;
 pub mod kamal_summary;
 pub mod model;
+pub mod psych_scalar;
 pub mod resolved_view;
 pub mod schema;
 pub mod source;

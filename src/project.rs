@@ -94,6 +94,10 @@ pub fn docs(section: Option<&str>) -> Result<String, ProjectError> {
         for (name, keys) in &sections {
             out.push_str(&format!("  {name:<14} {} keys\n", keys.len()));
         }
+        out.push_str(
+            "\nValues are read as Kamal reads them (Ruby's Psych, YAML 1.1): unquoted yes/no/on/off are booleans,\n\
+             0755 is octal (493), 1:30 is 5400, 2001-12-14 is a date; quote a value to keep it a string.\n",
+        );
         out.push_str("\nA starting configuration with comments: `berth init`.\n");
         return Ok(out);
     };

@@ -7,6 +7,8 @@
 use yaml_serde::{Mapping, Value};
 
 use crate::config::Config;
+use crate::config::psych_scalar::{self, Plain};
+use crate::config::source::{DATE_TAG, TIME_TAG};
 
 /// The placeholder printed instead of any secret value.
 pub const REDACTED: &str = "[REDACTED]";
@@ -81,7 +83,7 @@ pub fn render(config: &Config) -> String {
             Value::Mapping(map) if map.is_empty() => out.push_str(" {}\n"),
             Value::Sequence(_) | Value::Mapping(_) => {
                 out.push('\n');
-                let body = yaml_serde::to_string(&value).unwrap_or_default();
+                let body = to_psych_yaml(&value);
                 let indent = if value.is_mapping() { "  " } else { "" };
                 for line in body.lines() {
                     out.push_str(indent);
@@ -91,10 +93,79 @@ pub fn render(config: &Config) -> String {
             }
             scalar => {
                 out.push(' ');
-                out.push_str(yaml_serde::to_string(scalar).unwrap_or_default().trim_end());
+                out.push_str(to_psych_yaml(scalar).trim_end());
                 out.push('\n');
             }
         }
     }
     out
+}
+
+/// Marks a string that would read back as something else (see [`to_psych_yaml`]).
+const QUOTE_TAG: &str = "!berth-psych-quote";
+
+/// YAML text that Ruby's Psych reads back as `value`, as Psych writes it: strings Psych would read as
+/// something else (`'yes'`, `'0755'`, `'1:30'`, `'2001-12-14'`) quoted, dates and times plain.
+///
+/// `yaml_serde` quotes by YAML 1.2's rules only, so such strings are first marked with a tag, then the tag is
+/// replaced by quotes in its output; the tags berth gives dates and times are dropped.
+pub fn to_psych_yaml(value: &Value) -> String {
+    let text = yaml_serde::to_string(&mark_misread_strings(value.clone())).unwrap_or_default();
+    let mut out = String::with_capacity(text.len());
+    let marker = format!("{QUOTE_TAG} ");
+    for line in text.split_inclusive('\n') {
+        let mut line = line.replace(&format!("{DATE_TAG} "), "").replace(&format!("{TIME_TAG} "), "");
+        // A key and its value may both be marked.
+        while let Some(at) = line.find(&marker) {
+            let rest = &line[at + marker.len()..];
+            // A plain scalar is never followed by `: ` on its line unless it is the key.
+            let end = rest.find(": ").unwrap_or_else(|| rest.trim_end_matches('\n').len());
+            let (scalar, tail) = rest.split_at(end);
+            let quoted = match scalar.starts_with(['\'', '"']) {
+                true => scalar.to_string(),
+                false => format!("'{}'", scalar.replace('\'', "''")),
+            };
+            line = format!("{}{quoted}{tail}", &line[..at]);
+        }
+        out.push_str(&line);
+    }
+    out
+}
+
+fn mark_misread_strings(value: Value) -> Value {
+    match value {
+        // `:name` strings stay plain: the summary writes Ruby's symbols that way (`:log_level: :fatal`).
+        Value::String(s)
+            if !s.contains('\n') && !matches!(psych_scalar::resolve(&s), Ok(Plain::Str(_) | Plain::Symbol(_))) =>
+        {
+            Value::Tagged(Box::new(yaml_serde::value::TaggedValue {
+                tag: yaml_serde::value::Tag::new(QUOTE_TAG),
+                value: Value::String(s),
+            }))
+        }
+        Value::Sequence(items) => Value::Sequence(items.into_iter().map(mark_misread_strings).collect()),
+        Value::Mapping(map) => {
+            Value::Mapping(map.into_iter().map(|(k, v)| (mark_misread_strings(k), mark_misread_strings(v))).collect())
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::source::parse_psych;
+
+    /// Whatever berth holds, Psych reads the printed summary back to the same values.
+    #[test]
+    fn printed_values_read_back_the_same_under_psych() {
+        let yaml = "a: 'yes'\nb: '0755'\nc: \"1:30\"\nd: 2001-12-14\ne: yes\nf: 0755\ng: '2001-12-14'\nh: 'y'\n\
+                    i: 2001-12-14 21:59:43.10 -5\nj: '1,000'\nk: \"~\"\nl: '1.5'\nm: 1e3\nn: x\no: [\"on\", 'it''s', ok]\n\
+                    'true': 'null'\n";
+        let value = parse_psych(yaml).unwrap();
+        let printed = to_psych_yaml(&value);
+        assert_eq!(parse_psych(&printed).unwrap(), value, "{printed}");
+        assert!(printed.contains("a: 'yes'\n") && printed.contains("d: 2001-12-14\n"), "{printed}");
+        assert!(printed.contains("i: 2001-12-14 21:59:43.100000000 -05:00\n"), "{printed}");
+    }
 }

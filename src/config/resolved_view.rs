@@ -143,6 +143,17 @@ fn secret_name_or_redacted(item: &str) -> String {
     if item.contains("-----BEGIN") { REDACTED.to_string() } else { format!("secret {item}") }
 }
 
+/// YAML values as JSON; a date or time (a tagged value in berth's tree) shows as Psych writes it.
 fn yaml_to_json(value: &yaml_serde::Value) -> Json {
-    serde_json::to_value(value).unwrap_or(Json::Null)
+    use yaml_serde::Value as Yaml;
+    match value {
+        Yaml::Tagged(tagged) if crate::config::source::date_or_time_to_s(value).is_some() => {
+            yaml_to_json(&tagged.value)
+        }
+        Yaml::Sequence(items) => Json::Array(items.iter().map(yaml_to_json).collect()),
+        Yaml::Mapping(map) => Json::Object(
+            map.iter().map(|(k, v)| (crate::config::schema::scalar_text(k), yaml_to_json(v))).collect::<Map<_, _>>(),
+        ),
+        other => serde_json::to_value(other).unwrap_or(Json::Null),
+    }
 }

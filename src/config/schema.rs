@@ -709,6 +709,7 @@ pub fn scalar_text(value: &Value) -> String {
         Value::Number(n) => n.to_string(),
         Value::Bool(b) => b.to_string(),
         Value::Null => String::new(),
+        other if let Some(text) = crate::config::source::date_or_time_to_s(other) => text,
         other => yaml_serde::to_string(other).unwrap_or_default().trim().to_string(),
     }
 }
@@ -768,7 +769,7 @@ mod tests {
         if !yaml.contains("builder") {
             text.push_str("\nbuilder: {arch: amd64}");
         }
-        let map: Mapping = yaml_serde::from_str(&text).unwrap();
+        let map = crate::config::source::parse_yaml(&text, std::path::Path::new("test.yml")).unwrap();
         validate(&map).iter().map(|p| p.to_string()).collect()
     }
 
@@ -855,6 +856,22 @@ mod tests {
         check(
             "builder: {arch: a}\nservers: {web: {hosts: [h], options: {restart: sometimes}, labels: {role: x}}}",
             &["servers/web/labels/role: invalid label", "servers/web/options/restart: should be no, always"],
+        );
+    }
+
+    /// Psych's YAML 1.1 reading decides the types checked: `yes` is true, `no` false, a date a `Date`.
+    #[test]
+    fn values_are_checked_as_psych_reads_them() {
+        check("builder: {arch: a}\nproxy: {ssl: yes}", &["proxy: Must set a host to enable automatic SSL"]);
+        check("builder: {arch: a}\nproxy: {ssl: Yes, host: a}", &[]);
+        check(
+            "builder: {arch: a}\nservers: {web: {hosts: [h], options: {restart: no}}}",
+            &[r#"servers/web/options/restart: should be a string. Use "no" to disable restarts"#],
+        );
+        check("builder: {arch: a}\nservers: {web: {hosts: [h], options: {restart: 'no'}}}", &[]);
+        check(
+            "builder: {arch: a}\nenv: {clear: {BUILT: 2001-12-14, PORT: 0755}}",
+            &["env/clear/BUILT: should be a string"],
         );
     }
 

@@ -201,9 +201,10 @@ fn kamal_error(output: &str) -> String {
     clean.lines().find(|l| l.contains("ERROR")).unwrap_or(clean.lines().next().unwrap_or("")).trim().to_string()
 }
 
-/// A `kamal config` summary as field -> value, with Ruby's `:symbol` keys made plain at every level.
+/// A `kamal config` summary as field -> value, read as Ruby's Psych reads it (so `'yes'` and `yes` differ), with
+/// Ruby's `:symbol` keys made plain at every level.
 fn summary_fields(text: &str) -> BTreeMap<String, Value> {
-    let value: Value = yaml_serde::from_str(text).unwrap_or_else(|e| panic!("parse summary: {e}\n{text}"));
+    let value = berth::config::source::parse_psych(text).unwrap_or_else(|e| panic!("parse summary: {e}\n{text}"));
     let Value::Mapping(map) = normalize(value) else { panic!("summary is not a mapping:\n{text}") };
     map.into_iter().map(|(k, v)| (k.as_str().unwrap().to_string(), v)).collect()
 }
