@@ -274,25 +274,7 @@ impl Store {
             .await
             .map_err(sql("supersede queued deploys"))?;
         }
-        let deploy = Deploy {
-            id,
-            service: new.service.clone(),
-            destination: new.destination.clone(),
-            kind: new.kind.clone(),
-            version: new.version.clone(),
-            git_ref: new.git_ref.clone(),
-            commit: None,
-            state: DeployState::Queued,
-            stage: None,
-            reason: new.reason.clone(),
-            requested_by: new.requested_by.clone(),
-            created_at: now,
-            started_at: None,
-            ended_at: None,
-            error: None,
-            runner: None,
-            stages: pending_stages(),
-        };
+        let deploy = queued_deploy(id, new, now);
         if let Some(audit) = audit {
             insert_audit(&mut tx, &deploy.created_at, audit, &(audit.target)(&deploy)).await?;
         }
@@ -986,6 +968,29 @@ fn token_from_row(row: &SqliteRow) -> TokenInfo {
         created_at: row.get("created_at"),
         revoked_at: row.get("revoked_at"),
         last_used_at: row.get("last_used_at"),
+    }
+}
+
+/// A deploy just recorded from `new`: queued, nothing of it run yet.
+fn queued_deploy(id: i64, new: &NewDeploy, created_at: String) -> Deploy {
+    Deploy {
+        id,
+        service: new.service.clone(),
+        destination: new.destination.clone(),
+        kind: new.kind.clone(),
+        version: new.version.clone(),
+        git_ref: new.git_ref.clone(),
+        commit: None,
+        state: DeployState::Queued,
+        stage: None,
+        reason: new.reason.clone(),
+        requested_by: new.requested_by.clone(),
+        created_at,
+        started_at: None,
+        ended_at: None,
+        error: None,
+        runner: None,
+        stages: pending_stages(),
     }
 }
 

@@ -6,7 +6,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, Row};
 
 use super::{
-    DeployAudit, DeployFilter, HostRow, NewAudit, NewDeploy, StageChange, StageRow, StoreError, now, pending_stages,
+    DeployAudit, DeployFilter, HostRow, NewAudit, NewDeploy, StageChange, StageRow, StoreError, now, queued_deploy,
     sql, with_timeline,
 };
 use crate::daemon::config::QueuePolicy;
@@ -125,25 +125,7 @@ impl PgStore {
             .await
             .map_err(sql("supersede queued deploys"))?;
         }
-        let deploy = Deploy {
-            id,
-            service: new.service.clone(),
-            destination: new.destination.clone(),
-            kind: new.kind.clone(),
-            version: new.version.clone(),
-            git_ref: new.git_ref.clone(),
-            commit: None,
-            state: DeployState::Queued,
-            stage: None,
-            reason: new.reason.clone(),
-            requested_by: new.requested_by.clone(),
-            created_at: now,
-            started_at: None,
-            ended_at: None,
-            error: None,
-            runner: None,
-            stages: pending_stages(),
-        };
+        let deploy = queued_deploy(id, new, now);
         if let Some(audit) = audit {
             insert_audit(&mut tx, &deploy.created_at, audit, &(audit.target)(&deploy)).await?;
         }
