@@ -813,26 +813,24 @@ fn deploy_from_row(row: &PgRow) -> Deploy {
     }
 }
 
-/// A deploy with its timeline: three queries on one connection.
+/// A deploy with its timeline, in one query: the stages and the per-host times come as JSON arrays.
 async fn read_deploy(connection: &mut PgConnection, id: i64) -> Result<Option<Deploy>, StoreError> {
-    let row = sqlx::query(audited(format!("SELECT {DEPLOY_COLUMNS} FROM deploys WHERE id = $1")))
-        .bind(id)
-        .fetch_optional(&mut *connection)
-        .await
-        .map_err(sql("read a deploy"))?;
+    let row = sqlx::query(audited(format!(
+        "SELECT {DEPLOY_COLUMNS}, \
+         (SELECT COALESCE(json_agg(json_build_array(name, state, started_at, ended_at)), '[]')::TEXT \
+          FROM deploy_stages WHERE deploy_id = $1) AS stage_rows, \
+         (SELECT COALESCE(json_agg(json_build_array(stage, host, state, started_at, ended_at)), '[]')::TEXT \
+          FROM deploy_stage_hosts WHERE deploy_id = $1) AS host_rows \
+         FROM deploys WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(&mut *connection)
+    .await
+    .map_err(sql("read a deploy"))?;
     let Some(row) = row else { return Ok(None) };
-    let stages: Vec<StageRow> =
-        sqlx::query_as("SELECT name, state, started_at, ended_at FROM deploy_stages WHERE deploy_id = $1")
-            .bind(id)
-            .fetch_all(&mut *connection)
-            .await
-            .map_err(sql("read a deploy's stages"))?;
-    let hosts: Vec<HostRow> =
-        sqlx::query_as("SELECT stage, host, state, started_at, ended_at FROM deploy_stage_hosts WHERE deploy_id = $1")
-            .bind(id)
-            .fetch_all(&mut *connection)
-            .await
-            .map_err(sql("read a deploy's hosts"))?;
+    // Written by PostgreSQL's json functions just above: they parse.
+    let stages: Vec<StageRow> = serde_json::from_str(row.get("stage_rows")).unwrap_or_default();
+    let hosts: Vec<HostRow> = serde_json::from_str(row.get("host_rows")).unwrap_or_default();
     Ok(Some(with_timeline(deploy_from_row(&row), stages, hosts)))
 }
 
