@@ -294,3 +294,97 @@ async fn a_frozen_daemon_loses_its_deploy_within_seconds_and_writes_nothing_when
     });
     drop((a, b));
 }
+
+/// A PostgreSQL cluster of this test's own (tests/postgres/cluster.sh), stopped and deleted on drop.
+struct OwnCluster {
+    url: String,
+    dir: String,
+}
+
+impl OwnCluster {
+    fn start() -> OwnCluster {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/postgres/cluster.sh");
+        let out = std::process::Command::new("bash").args([script, "start"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let dir = String::from_utf8_lossy(&out.stderr).lines().last().unwrap().to_string();
+        OwnCluster { url: String::from_utf8(out.stdout).unwrap().trim().to_string(), dir }
+    }
+
+    /// `pg_ctl restart` (fast: open connections are cut), with the options it was started with.
+    fn restart(&self) {
+        let bin = std::fs::read_dir("/usr/lib/postgresql").unwrap().flatten().map(|e| e.path()).max().unwrap();
+        let status = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(bin.join("bin/pg_ctl"))
+            .args(["-D", &format!("{}/data", self.dir), "-m", "fast", "-w", "-t", "60", "restart"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/postgres/cluster.sh");
+        let _ = std::process::Command::new("bash").args([script, "stop", &self.dir]).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgresql_restarted_under_load_loses_no_accepted_request_and_the_daemons_recover() {
+    let cluster = OwnCluster::start();
+    let url = {
+        let mut connection = sqlx::PgConnection::connect(&cluster.url).await.unwrap();
+        sqlx::query("CREATE DATABASE restarts").execute(&mut connection).await.unwrap();
+        format!("{}/restarts", cluster.url.rsplit_once('/').unwrap().0)
+    };
+    let started_at = || async {
+        let mut connection = sqlx::PgConnection::connect(&cluster.url).await.unwrap();
+        let at: String =
+            sqlx::query_scalar("SELECT pg_postmaster_start_time()::TEXT").fetch_one(&mut connection).await.unwrap();
+        at
+    };
+    let first_start = started_at().await;
+    let a = App::spawn(&services_yml(&url, "deploy-a")).await;
+    let b = App::spawn(&services_yml(&url, "deploy-b")).await;
+    let token = a.token(Scope::Deploy, None).await;
+    let token = token.as_str();
+
+    // Requests to both daemons, one after another, while the database restarts under them.
+    let load = async {
+        let (mut accepted, mut refused) = (Vec::new(), 0);
+        let started = std::time::Instant::now();
+        let mut n = 0usize;
+        while started.elapsed() < Duration::from_secs(6) {
+            let daemon = if n % 2 == 0 { &a } else { &b };
+            n += 1;
+            let answer = daemon.request("POST", "/deploys", Some(token), Some(br#"{"service":"web"}"#)).await;
+            match answer.status {
+                StatusCode::ACCEPTED => accepted.push((answer.json()["id"].as_i64().unwrap(), started.elapsed())),
+                // The database is away: refused, and said so; nothing was accepted.
+                StatusCode::SERVICE_UNAVAILABLE => refused += 1,
+                other => panic!("{other}: {}", answer.body),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (accepted, refused)
+    };
+    let restart = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::task::block_in_place(|| cluster.restart());
+    };
+    let ((accepted, refused), ()) = tokio::join!(load, restart);
+    eprintln!("{} requests accepted, {refused} refused while PostgreSQL restarted", accepted.len());
+    assert_ne!(started_at().await, first_start, "PostgreSQL did restart");
+    // The daemons recovered by themselves: requests were accepted after the restart too.
+    assert!(accepted.iter().any(|(_, at)| *at > Duration::from_secs(4)), "{accepted:?}");
+    // Every request answered 202 is in the database, whichever daemon took it.
+    for (id, _) in &accepted {
+        let answer = b.request("GET", &format!("/deploys/{id}"), Some(token), None).await;
+        assert_eq!(answer.status, StatusCode::OK, "deploy {id}: {}", answer.body);
+    }
+    for daemon in [&a, &b] {
+        assert_eq!(daemon.request("GET", "/healthz", None, None).await.json()["status"], "ok");
+    }
+}
