@@ -357,7 +357,7 @@ async fn postgresql_restarted_under_load_loses_no_accepted_request_and_the_daemo
         let started = std::time::Instant::now();
         let mut n = 0usize;
         while started.elapsed() < Duration::from_secs(6) {
-            let daemon = if n % 2 == 0 { &a } else { &b };
+            let daemon = if n.is_multiple_of(2) { &a } else { &b };
             n += 1;
             let answer = daemon.request("POST", "/deploys", Some(token), Some(br#"{"service":"web"}"#)).await;
             match answer.status {
