@@ -491,7 +491,9 @@ async fn target_that_never_becomes_healthy_fails_the_deploy_and_traffic_stays() 
         stderr.contains(&bad.address.to_string()) && stderr.contains("503"),
         "names the target and the last result: {stderr}"
     );
-    assert!(started.elapsed() < Duration::from_secs(5));
+    // It gives up at its timeout rather than waiting on: bounded generously, as the suite shares 2 CPUs with
+    // dockerd, PostgreSQL and Chromium (a 5 s bound failed once under that load).
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
     let answer = get(proxy.http_port, "any.test", "/").await;
     assert_eq!((answer.status, answer.body.as_str()), (StatusCode::OK, "good"));
     assert_eq!(bad.served.load(Ordering::SeqCst), 0);
@@ -634,7 +636,7 @@ async fn websocket_and_sse_pass_through_and_websockets_close_on_drain() {
     // A deploy closes upgraded connections at once instead of waiting out the drain timeout.
     let started = Instant::now();
     proxy.ctl_ok(&["deploy", "app", &second.target(), "--drain-timeout=20s"]).await;
-    assert!(started.elapsed() < Duration::from_secs(3), "drain waited for the websocket: {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(10), "drain waited for the websocket: {:?}", started.elapsed());
     let closed = tokio::time::timeout(Duration::from_secs(2), socket.read(&mut echo)).await.expect("socket closed");
     assert!(matches!(closed, Ok(0) | Err(_)));
     assert_eq!(get(proxy.http_port, "app.test", "/").await.body, "second");
@@ -1111,7 +1113,7 @@ async fn requests_past_the_drain_timeout_are_cut_with_504() {
     .await;
     let started = Instant::now();
     proxy.ctl_ok(&["deploy", "app", &new.target(), "--drain-timeout=300ms"]).await;
-    assert!(started.elapsed() < Duration::from_secs(2), "deploy waited {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(4), "deploy waited {:?}", started.elapsed());
     let answer = tokio::time::timeout(Duration::from_secs(2), slow).await.expect("cut promptly").unwrap();
     assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(get(proxy.http_port, "a", "/").await.body, "new");
