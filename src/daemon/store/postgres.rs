@@ -240,16 +240,7 @@ impl PgStore {
             return tx.commit().await.map_err(sql("commit the deploy's end"));
         }
         if state != DeployState::Succeeded {
-            for table in ["deploy_stages", "deploy_stage_hosts"] {
-                sqlx::query(audited(format!(
-                    "UPDATE {table} SET state = 'failed', ended_at = $1 WHERE deploy_id = $2 AND state = 'running'"
-                )))
-                .bind(&now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(sql("end a deploy's stages"))?;
-            }
+            fail_running_stages(&mut tx, &now, &[id]).await?;
         }
         tx.commit().await.map_err(sql("commit the deploy's end"))
     }
@@ -382,16 +373,7 @@ impl PgStore {
         .await
         .map_err(sql("mark interrupted deploys"))?;
         let ids: Vec<i64> = rows.iter().map(|row| row.get("id")).collect();
-        for table in ["deploy_stages", "deploy_stage_hosts"] {
-            sqlx::query(audited(format!(
-                "UPDATE {table} SET state = 'failed', ended_at = $1 WHERE state = 'running' AND deploy_id = ANY($2)"
-            )))
-            .bind(&now)
-            .bind(&ids)
-            .execute(&mut *tx)
-            .await
-            .map_err(sql("end interrupted stages"))?;
-        }
+        fail_running_stages(&mut tx, &now, &ids).await?;
         tx.commit().await.map_err(sql("commit interrupted deploys"))?;
         Ok(rows.iter().map(deploy_from_row).collect())
     }
@@ -423,16 +405,7 @@ impl PgStore {
         .await
         .map_err(sql("expire leases"))?;
         let ids: Vec<i64> = rows.iter().map(|row| row.get("id")).collect();
-        for table in ["deploy_stages", "deploy_stage_hosts"] {
-            sqlx::query(audited(format!(
-                "UPDATE {table} SET state = 'failed', ended_at = $1 WHERE state = 'running' AND deploy_id = ANY($2)"
-            )))
-            .bind(&now)
-            .bind(&ids)
-            .execute(&mut *tx)
-            .await
-            .map_err(sql("end interrupted stages"))?;
-        }
+        fail_running_stages(&mut tx, &now, &ids).await?;
         tx.commit().await.map_err(sql("commit expired leases"))?;
         Ok(rows.iter().map(|row| (deploy_from_row(row), row.get("holder"))).collect())
     }
@@ -832,6 +805,22 @@ async fn read_deploy(connection: &mut PgConnection, id: i64) -> Result<Option<De
     let stages: Vec<StageRow> = serde_json::from_str(row.get("stage_rows")).unwrap_or_default();
     let hosts: Vec<HostRow> = serde_json::from_str(row.get("host_rows")).unwrap_or_default();
     Ok(Some(with_timeline(deploy_from_row(&row), stages, hosts)))
+}
+
+/// The stages (and hosts' parts in them) of `ids` that were still running end `failed` at `now`: the deploy
+/// ended (failed, interrupted, its lease expired) before they did.
+async fn fail_running_stages(connection: &mut PgConnection, now: &str, ids: &[i64]) -> Result<(), StoreError> {
+    for table in ["deploy_stages", "deploy_stage_hosts"] {
+        sqlx::query(audited(format!(
+            "UPDATE {table} SET state = 'failed', ended_at = $1 WHERE state = 'running' AND deploy_id = ANY($2)"
+        )))
+        .bind(now)
+        .bind(ids)
+        .execute(&mut *connection)
+        .await
+        .map_err(sql("end running stages"))?;
+    }
+    Ok(())
 }
 
 async fn insert_audit(
